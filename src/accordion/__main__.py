@@ -1,0 +1,3 @@
+from accordion.cli import main
+
+main()

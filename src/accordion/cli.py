@@ -1,0 +1,319 @@
+"""The `accordion` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from accordion.cluster import Cluster, ClusterError
+from accordion.config import ConfigError, load_config
+from accordion.events import read_events
+from accordion.paths import all_clusters
+
+app = typer.Typer(
+    help="Elastic HPC clusters: a real Slurm whose compute nodes are containers created when jobs wait "
+    "and removed when idle.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ClusterOpt = Annotated[
+    Optional[str],
+    typer.Option("--cluster", "-c", help="Cluster name (default: the only cluster running, else 'accordion')."),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise fail("accordion manages namespaces, cgroups and daemons: run it as root")
+
+
+def _cluster_name(name: str | None) -> str:
+    if name:
+        return name
+    if os.environ.get("ACCORDION_CLUSTER"):
+        return os.environ["ACCORDION_CLUSTER"]
+    running = all_clusters()
+    return running[0] if len(running) == 1 else "accordion"
+
+
+def _load(name: str | None) -> Cluster:
+    try:
+        return Cluster.load(_cluster_name(name))
+    except ClusterError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def up(
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Cluster file (default: built-in, no file needed).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Override the cluster name from the file.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the cluster to be ready.")] = 90.0,
+) -> None:
+    """Start a cluster and return once it is ready (its min_nodes nodes are up)."""
+    _need_root()
+    if file is None and Path("accordion.yaml").is_file():
+        file = Path("accordion.yaml")
+    try:
+        config = load_config(file)
+        if name is not None:
+            config = config.model_copy(update={"name": name})
+            config = type(config).model_validate(config.model_dump())
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    except Exception as exc:  # pydantic re-validation of --name
+        raise fail(f"--name: {name!r} is not allowed: use lower-case letters, digits and -, starting with a letter ({type(exc).__name__})", 2) from None
+    cluster = Cluster(config)
+    t0 = time.monotonic()
+    try:
+        with err.status(f"[bold]{config.name}[/]: starting") as status:
+            cluster.up(lambda step: status.update(f"[bold]{config.name}[/]: {step}"))
+    except (ClusterError, RuntimeError, OSError) as exc:
+        raise fail(f"{config.name}: {exc}") from None
+    total = sum(ns.max_nodes for ns in config.nodesets)
+    err.print(
+        f"[green]✓[/] cluster [bold]{config.name}[/] up in {time.monotonic() - t0:.1f} s: "
+        f"{config.scheduler}, {len(config.nodesets)} node set(s), up to {total} nodes. "
+        f"Try `accordion shell -c {config.name}` then `sbatch`/`srun`."
+    )
+
+
+@app.command()
+def down(
+    cluster: ClusterOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="Take down every cluster on this machine.")] = False,
+) -> None:
+    """Stop everything: nodes, scheduler, controller, and remove the cluster's files."""
+    _need_root()
+    names = all_clusters() if all_ else [_cluster_name(cluster)]
+    for name in names:
+        c = _load(name)
+        with err.status(f"[bold]{name}[/]: stopping") as status:
+            c.down(lambda step: status.update(f"[bold]{name}[/]: stopping {step}"))
+        err.print(f"[green]✓[/] cluster [bold]{name}[/] is down; nothing left behind")
+
+
+def _ago(ts: float) -> str:
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
+    st = c.status()
+    nodes = st.get("nodes", [])
+    jobs = st.get("jobs", [])
+    pins = st.get("pins", {})
+    sets = []
+    for ns in c.config.nodesets:
+        mine = [n for n in nodes if n["nodeset"] == ns.name]
+        counts: dict[str, int] = {}
+        for n in mine:
+            counts[n["state"]] = counts.get(n["state"], 0) + 1
+        pending = [j for j in jobs if j["nodeset"] == ns.name and not j["running"]]
+        sets.append(
+            {
+                "name": ns.name,
+                "max_nodes": ns.max_nodes,
+                "min_nodes": ns.min_nodes,
+                "cpus": ns.cpus,
+                "memory_mb": ns.memory_mb,
+                "idle_timeout": ns.idle_timeout,
+                "scaling": f"pinned to {pins[ns.name]}" if ns.name in pins else "auto",
+                "nodes": {k: counts.get(k, 0) for k in ("starting", "idle", "busy", "draining", "failed", "absent")},
+                "node_states": {n["name"]: n["state"] for n in mine if n["state"] != "absent"},
+                "running_jobs": sum(1 for j in jobs if j["nodeset"] == ns.name and j["running"]),
+                "pending_jobs": len(pending),
+                "pending_cpus": sum(j["nodes"] * j["cpus_per_node"] for j in pending),
+                "pending_reasons": sorted({j["reason"] for j in pending}),
+            }
+        )
+    events = list(read_events(c.paths.events))[-recent:]
+    return {
+        "cluster": c.config.name,
+        "scheduler": c.config.scheduler,
+        "provider": c.config.provider,
+        "controller": "running" if c.controller_pid() else "stopped",
+        "updated": st.get("ts"),
+        "nodesets": sets,
+        "events": events,
+    }
+
+
+@app.command()
+def status(
+    cluster: ClusterOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Node sets, nodes and their states, queue summary and recent events."""
+    c = _load(cluster)
+    doc = status_document(c)
+    if as_json:
+        out.print_json(json.dumps(doc))
+        return
+    ctl = "[green]running[/]" if doc["controller"] == "running" else "[red]stopped[/]"
+    out.print(f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}")
+    table = Table("node set", "scaling", "max", "starting", "idle", "busy", "draining", "failed", "jobs run/wait", "waiting CPUs")
+    for s in doc["nodesets"]:
+        n = s["nodes"]
+        table.add_row(
+            s["name"], s["scaling"], str(s["max_nodes"]), str(n["starting"]), str(n["idle"]), str(n["busy"]),
+            str(n["draining"]), str(n["failed"]), f"{s['running_jobs']}/{s['pending_jobs']}", str(s["pending_cpus"]),
+        )
+    out.print(table)
+    for s in doc["nodesets"]:
+        if s["node_states"]:
+            out.print(f"  {s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["node_states"].items()))
+        if s["pending_reasons"]:
+            out.print(f"  {s['name']} waiting: " + "; ".join(s["pending_reasons"]))
+    if doc["events"]:
+        out.print("[bold]recent events[/]")
+        for e in doc["events"]:
+            out.print("  " + _format_event(e), highlight=False)
+
+
+def _format_event(e: dict[str, object]) -> str:
+    ts = time.strftime("%H:%M:%S", time.localtime(float(e["ts"])))
+    parts = [ts, str(e["kind"]).ljust(10), str(e.get("node", ""))]
+    if e.get("reason"):
+        parts.append(f"({e['reason']})")
+    return " ".join(p for p in parts if p)
+
+
+_SINCE = re.compile(r"^(\d+)([smhd])$")
+
+
+@app.command()
+def events(
+    cluster: ClusterOpt = None,
+    since: Annotated[Optional[str], typer.Option(help="Only events newer than this, e.g. 10m, 2h, 30s.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new events.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON lines.")] = False,
+) -> None:
+    """Print the event log (node requested/started/registered/idle/busy/draining/removed/failed)."""
+    c = _load(cluster)
+    start = 0.0
+    if since:
+        m = _SINCE.match(since)
+        if not m:
+            raise fail(f"--since: {since!r} is not a duration like 30s, 10m, 2h or 1d", 2)
+        start = time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    seen = 0
+    while True:
+        evs = list(read_events(c.paths.events, start))
+        for e in evs[seen:]:
+            out.print(json.dumps(e) if as_json else _format_event(e), highlight=False, soft_wrap=True)
+        seen = len(evs)
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def shell(
+    ctx: typer.Context,
+    cluster: ClusterOpt = None,
+) -> None:
+    """A shell (or, after `--`, one command) where sbatch/squeue/sinfo/srun talk to this cluster."""
+    _need_root()
+    c = _load(cluster)
+    if not c.scheduler.running():
+        raise fail(f"cluster {c.config.name!r} is not running; `accordion up` first")
+    env = os.environ | c.scheduler.env() | {"ACCORDION_CLUSTER": c.config.name}
+    cmd = list(ctx.args)
+    if not cmd:
+        env["PS1"] = f"({c.config.name}) \\w \\$ "
+        cmd = ["bash", "--norc", "-i"]
+        err.print(f"cluster [bold]{c.config.name}[/]: sbatch, squeue, sinfo, srun work here; shared dir {c.paths.shared}; exit to leave")
+    os.chdir(c.paths.shared)
+    argv = c.provider.enter() + cmd
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, env)
+
+
+@app.command()
+def scale(
+    nodeset: Annotated[str, typer.Argument(help="Node set name.")],
+    count: Annotated[Optional[int], typer.Argument(help="Number of nodes to keep.")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Give the node set back to automatic scaling.")] = False,
+    cluster: ClusterOpt = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the node set to reach the count (0: do not wait).")] = 60.0,
+) -> None:
+    """Pin a node set to COUNT nodes by hand; `--auto` gives it back to the controller."""
+    _need_root()
+    from accordion.controller import read_pins, write_pins
+
+    c = _load(cluster)
+    try:
+        ns = c.config.nodeset(nodeset)
+    except KeyError:
+        raise fail(f"NODESET: no node set {nodeset!r}; this cluster has: {', '.join(n.name for n in c.config.nodesets)}", 2) from None
+    if auto == (count is not None):
+        raise fail("give either COUNT or --auto", 2)
+    pins = read_pins(c.paths)
+    if auto:
+        pins.pop(nodeset, None)
+        write_pins(c.paths, pins)
+        c.events.emit("scaled", nodeset=nodeset, reason="automatic scaling")
+        err.print(f"[green]✓[/] {nodeset}: automatic scaling")
+        return
+    assert count is not None
+    if not 0 <= count <= ns.max_nodes:
+        raise fail(f"COUNT: {count} is outside 0..{ns.max_nodes} (the node set's max_nodes)", 2)
+    pins[nodeset] = count
+    write_pins(c.paths, pins)
+    c.events.emit("scaled", nodeset=nodeset, reason=f"pinned to {count} by hand")
+    if wait <= 0:
+        return
+    deadline = time.monotonic() + wait
+    with err.status(f"{nodeset}: scaling to {count}") as st:
+        while time.monotonic() < deadline:
+            doc = c.status()
+            states = [n["state"] for n in doc.get("nodes", []) if n["nodeset"] == nodeset]
+            up_ = sum(s in ("idle", "busy") for s in states)
+            moving = sum(s in ("starting", "draining") for s in states)
+            st.update(f"{nodeset}: {up_}/{count} nodes up, {moving} starting or draining")
+            if up_ == count and moving == 0 and float(doc.get("ts", 0)) > time.time() - 2:
+                err.print(f"[green]✓[/] {nodeset}: {count} node(s)")
+                return
+            time.sleep(0.2)
+    err.print(f"[yellow]![/] {nodeset}: not yet at {count} nodes (busy nodes are removed only once their jobs end); see `accordion status`")
+
+
+@app.command("list")
+def list_() -> None:
+    """Clusters on this machine."""
+    for name in all_clusters():
+        c = _load(name)
+        out.print(f"{name}\tcontroller {'running' if c.controller_pid() else 'stopped'}")
+
+
+@app.command(hidden=True)
+def controller(cluster: ClusterOpt = None) -> None:
+    """Run the controller loop in the foreground (`accordion up` starts it in the background)."""
+    from accordion.controller import Controller, serve
+
+    c = _load(cluster)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {c.config.name} %(levelname)s %(message)s")
+    serve(Controller(c.config, c.paths, c.scheduler, c.provider, c.events))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,152 @@
+"""A cluster's lifecycle: bring it up, find it again, take it down leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from accordion import daemons
+from accordion.config import ClusterConfig, ConfigError, parse_config
+from accordion.events import EventLog
+from accordion.paths import ClusterPaths, all_clusters, run_root, shared_root, state_root
+from accordion.providers import make_provider
+from accordion.schedulers import make_scheduler
+from accordion.store import read_json, write_json
+
+REQUIRED = {
+    "slurm": ["slurmctld", "slurmd", "munged", "scontrol", "sbatch"],
+    "local": ["runc", "catatonit", "ip", "nsenter", "setpriv"],
+}
+
+Progress = Callable[[str], None]
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def missing_programs(config: ClusterConfig) -> list[str]:
+    wanted = REQUIRED[config.scheduler] + REQUIRED[config.provider]
+    return [p for p in wanted if shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None]
+
+
+class Cluster:
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.paths = ClusterPaths(config.name)
+        self.provider = make_provider(config, self.paths)
+        self.scheduler = make_scheduler(config, self.paths, self.provider)
+        self.events = EventLog(self.paths.events, config.name)
+
+    @classmethod
+    def load(cls, name: str) -> Cluster:
+        paths = ClusterPaths(name)
+        data = read_json(paths.config, None)
+        if data is None:
+            known = ", ".join(all_clusters()) or "none"
+            raise ClusterError(f"no cluster named {name!r} (clusters here: {known}); start one with `accordion up`")
+        try:
+            return cls(parse_config(data, str(paths.config)))
+        except ConfigError as exc:
+            raise ClusterError(str(exc)) from None
+
+    # ----- controller daemon -----
+
+    @property
+    def controller_pidfile(self) -> Path:
+        return self.paths.pids / "controller.pid"
+
+    def controller_pid(self) -> int | None:
+        return daemons.pid_of(self.controller_pidfile)
+
+    def start_controller(self) -> None:
+        if self.controller_pid() is None:
+            daemons.spawn(
+                [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
+                self.paths.logs / "controller.log",
+                self.controller_pidfile,
+            )
+
+    def stop_controller(self) -> None:
+        daemons.stop(self.controller_pidfile, timeout=15)
+
+    # ----- lifecycle -----
+
+    def up(self, progress: Progress, wait: float = 60.0) -> None:
+        missing = missing_programs(self.config)
+        if missing:
+            raise ClusterError(f"missing programs: {', '.join(missing)}; run scripts/setup.sh first")
+        existing = read_json(self.paths.config, None)
+        if existing is not None and existing != json.loads(self.config.model_dump_json()):
+            raise ClusterError(
+                f"cluster {self.config.name!r} already exists with another configuration; "
+                f"`accordion down -c {self.config.name}` first, or pick another name"
+            )
+        fresh = existing is None
+        try:
+            # Traverse-only: the daemons that drop root reach their own files (key, state, log) below, nothing else.
+            for d in (self.paths.state, self.paths.logs):
+                d.mkdir(parents=True, exist_ok=True)
+                os.chmod(d, 0o711)
+            # Daemons that drop root (munged) create their sockets below the run directory.
+            self.paths.run.mkdir(parents=True, exist_ok=True, mode=0o755)
+            os.chmod(state_root(), 0o711)
+            self.paths.shared.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.paths.shared, 0o1777)
+            write_json(self.paths.config, json.loads(self.config.model_dump_json()))
+            progress("network")
+            self.provider.setup()
+            progress(f"{self.config.scheduler} server")
+            self.scheduler.setup()
+            progress("controller")
+            self.start_controller()
+            self._wait_ready(progress, wait)
+        except BaseException:
+            if fresh:
+                progress("cleaning up after the failure")
+                self.down(lambda _: None)
+            raise
+
+    def _wait_ready(self, progress: Progress, wait: float) -> None:
+        want = {ns.name: ns.min_nodes for ns in self.config.nodesets}
+        deadline = time.monotonic() + wait
+        started = time.time()
+        while time.monotonic() < deadline:
+            if self.controller_pid() is None:
+                raise ClusterError(f"the controller exited; see {self.paths.logs / 'controller.log'}")
+            status = read_json(self.paths.state / "status.json", {})
+            if isinstance(status, dict) and status.get("ts", 0) >= started:
+                ready = {ns: 0 for ns in want}
+                for n in status.get("nodes", []):
+                    if n["state"] in ("idle", "busy"):
+                        ready[n["nodeset"]] += 1
+                if all(ready[ns] >= want[ns] for ns in want):
+                    return
+                progress("min_nodes: " + ", ".join(f"{ns} {ready[ns]}/{want[ns]}" for ns in want))
+            time.sleep(0.1)
+        raise ClusterError(f"the cluster did not become ready within {wait:.0f} s; see {self.paths.logs}")
+
+    def down(self, progress: Progress) -> None:
+        progress("controller")
+        self.stop_controller()
+        progress("nodes")
+        self.provider.teardown()
+        progress(f"{self.config.scheduler} server")
+        self.scheduler.teardown()
+        progress("files")
+        for d in (self.paths.state, self.paths.run, self.paths.shared):
+            shutil.rmtree(d, ignore_errors=True)
+        for root in (state_root(), run_root(), shared_root()):
+            try:
+                root.rmdir()
+            except OSError:
+                pass
+
+    def status(self) -> dict[str, object]:
+        status = read_json(self.paths.state / "status.json", {})
+        return status if isinstance(status, dict) else {}

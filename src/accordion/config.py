@@ -1,0 +1,162 @@
+"""The cluster file (`accordion.yaml`): validated models and loading.
+
+Every name here ends up in a path, a network namespace, a cgroup and the scheduler's own
+configuration, so names are restricted to what all of those accept.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+CLUSTER_NAME = r"^[a-z][a-z0-9-]{0,19}$"
+NODESET_NAME = r"^[a-z][a-z0-9_]{0,19}$"
+NAME_BASE = r"^[a-z][a-z0-9-]{0,29}$"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _parse_duration(value: object) -> object:
+    """Accept 30, 30.5, "30s", "5m", "1h", "250ms"; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"'{value}' is not a duration (examples: 30, 30s, 5m, 1h)")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, le=7 * 86400)]
+
+
+class NodeSet(BaseModel):
+    """A group of identical nodes: one Slurm partition (or OAR property), one template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NODESET_NAME)
+    name_base: str | None = Field(default=None, pattern=NAME_BASE)
+    min_nodes: int = Field(default=0, ge=0, le=1000)
+    max_nodes: int = Field(default=4, ge=1, le=1000)
+    cpus: int = Field(default=2, ge=1, le=256)
+    memory_mb: int = Field(default=1024, ge=64, le=1024 * 1024)
+    idle_timeout: Seconds = 60.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NodeSet:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+        return self
+
+    @property
+    def base(self) -> str:
+        return self.name_base or self.name.replace("_", "-")
+
+    def node_names(self) -> list[str]:
+        return [f"{self.base}-{i}" for i in range(self.max_nodes)]
+
+
+class ControllerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    poll_interval: Seconds = Field(default=0.25, gt=0, le=60)
+    resume_timeout: Seconds = Field(default=30.0, gt=0, le=3600)
+    max_start_failures: int = Field(default=3, ge=1, le=100)
+
+
+class ClusterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="accordion", pattern=CLUSTER_NAME)
+    scheduler: Literal["slurm"] = "slurm"
+    provider: Literal["local"] = "local"
+    nodesets: list[NodeSet] = Field(
+        default_factory=lambda: [NodeSet(name="compute", name_base="hpc-node")], min_length=1, max_length=32
+    )
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClusterConfig:
+        names = [ns.name for ns in self.nodesets]
+        bases = [ns.base for ns in self.nodesets]
+        for label, values in (("name", names), ("name_base", bases)):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"node set {label} must be unique, repeated: {', '.join(dupes)}")
+        if sum(ns.max_nodes for ns in self.nodesets) > 4000:
+            raise ValueError("the node sets' max_nodes add up to more than 4000")
+        return self
+
+    def nodeset(self, name: str) -> NodeSet:
+        for ns in self.nodesets:
+            if ns.name == name:
+                return ns
+        raise KeyError(name)
+
+    def nodeset_of(self, node: str) -> NodeSet | None:
+        for ns in self.nodesets:
+            prefix = ns.base + "-"
+            if node.startswith(prefix) and node[len(prefix) :].isdigit():
+                if int(node[len(prefix) :]) < ns.max_nodes:
+                    return ns
+        return None
+
+    def all_nodes(self) -> list[str]:
+        return [n for ns in self.nodesets for n in ns.node_names()]
+
+
+class ConfigError(Exception):
+    """A cluster file problem, worded as one line that names the file and the field."""
+
+
+def _where(loc: tuple[object, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def parse_config(data: object, source: str = "accordion.yaml") -> ClusterConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the file must be a mapping of fields (name, scheduler, nodesets, ...)")
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "string_pattern_mismatch":
+            msg = f"{err['input']!r} is not allowed: use lower-case letters, digits and - or _, starting with a letter"
+        elif err["type"] == "literal_error":
+            msg = f"{err['input']!r} is not allowed, {msg[0].lower()}{msg[1:]}"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_where(loc)}: {msg}{more}") from None
+
+
+def load_config(path: Path | None) -> ClusterConfig:
+    if path is None:
+        return ClusterConfig()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the cluster file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    return parse_config(data, str(path))

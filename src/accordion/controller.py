@@ -1,0 +1,216 @@
+"""The controller loop: observe (scheduler + provider) -> decide (policy) -> act (provider + scheduler).
+
+The controller keeps almost no state of its own: which nodes exist comes from the provider, what they
+do from the scheduler, how long they have idled from the scheduler's last-busy time and when they were
+created from the provider. What it does keep (start failures per node) is written atomically, so a
+controller killed at any point and restarted finds the same cluster and neither loses nor doubles nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from accordion import policy
+from accordion.config import ClusterConfig
+from accordion.events import EventLog
+from accordion.model import Node, NodeSetSpec, NodeState, Plan, SchedState, SchedulerView, Snapshot
+from accordion.paths import ClusterPaths
+from accordion.providers.base import NodeInfo, Provider, ProviderError
+from accordion.schedulers.base import Scheduler
+from accordion.store import read_json, write_json
+
+log = logging.getLogger("accordion.controller")
+
+
+def read_pins(paths: ClusterPaths) -> dict[str, int]:
+    data = read_json(paths.state / "scale.json", {})
+    return {k: int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def write_pins(paths: ClusterPaths, pins: dict[str, int]) -> None:
+    write_json(paths.state / "scale.json", pins)
+
+
+class Controller:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        paths: ClusterPaths,
+        scheduler: Scheduler,
+        provider: Provider,
+        events: EventLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.scheduler = scheduler
+        self.provider = provider
+        self.events = events
+        self.clock = clock
+        self.nodeset_of = {n: ns.name for ns in config.nodesets for n in ns.node_names()}
+        saved = read_json(paths.controller_state, {})
+        self.failures: dict[str, int] = dict(saved.get("failures", {})) if isinstance(saved, dict) else {}
+        self.last: dict[str, NodeState] = {}
+        self._status_written = 0.0
+        self._status_blob = ""
+
+    # ----- observe -----
+
+    def _reconcile(self, view: SchedulerView, containers: dict[str, NodeInfo]) -> None:
+        """Make provider and scheduler agree before deciding anything."""
+        for name in sorted(set(containers) - set(self.nodeset_of)):
+            self.provider.delete(name)
+            self.events.emit("removed", name, reason="not a node of this cluster")
+            del containers[name]
+        handled: set[str] = set()
+        for name, info in sorted(containers.items()):
+            sn = view.nodes.get(name)
+            handled.add(name)
+            if not info.running:
+                self.provider.delete(name)
+                del containers[name]
+                self.scheduler.mark_absent([name], "node container exited")
+                self.events.emit("failed", name, self.nodeset_of[name], "node container exited")
+            elif sn is not None and sn.state == SchedState.DRAINED:
+                self.provider.delete(name)
+                del containers[name]
+                self.scheduler.mark_absent([name])
+                self.events.emit("removed", name, self.nodeset_of[name], sn.reason)
+            else:
+                handled.discard(name)
+        lost, unmarked = [], []
+        for name in self.nodeset_of:
+            sn = view.nodes.get(name)
+            if name in containers or name in handled or sn is None or sn.marked_absent:
+                continue
+            (lost if sn.state != SchedState.UNKNOWN else unmarked).append(name)
+        if lost:
+            # The scheduler believes in nodes that no longer exist: tell it now rather than after its own
+            # timeout, so their jobs are requeued at once.
+            self.scheduler.mark_absent(lost, "node container gone")
+            for name in lost:
+                self.events.emit("lost", name, self.nodeset_of[name], "node container gone while the scheduler used it")
+        if unmarked:
+            self.scheduler.mark_absent(unmarked)
+
+    def snapshot(self, view: SchedulerView, containers: dict[str, NodeInfo], now: float) -> Snapshot:
+        pins = read_pins(self.paths)
+        nodes = []
+        for name, ns in self.nodeset_of.items():
+            sn = view.nodes.get(name)
+            info = containers.get(name)
+            free = 0
+            if info is None:
+                failed = self.failures.get(name, 0) >= self.config.controller.max_start_failures
+                state, since = (NodeState.FAILED if failed else NodeState.ABSENT), now
+            elif sn is None or sn.state == SchedState.UNKNOWN:
+                state, since = NodeState.STARTING, info.created
+            elif sn.state == SchedState.IDLE:
+                state, since, free = NodeState.IDLE, max(sn.idle_since or info.created, info.created), sn.free_cpus
+            elif sn.state == SchedState.BUSY:
+                state, since, free = NodeState.BUSY, now, sn.free_cpus
+            else:
+                state, since = NodeState.DRAINING, now
+            nodes.append(Node(name, ns, state, since, free))
+        specs = tuple(
+            NodeSetSpec(ns.name, ns.min_nodes, ns.max_nodes, ns.cpus, ns.idle_timeout, pins.get(ns.name))
+            for ns in self.config.nodesets
+        )
+        return Snapshot(now, specs, tuple(nodes), tuple(view.jobs), self.config.controller.resume_timeout)
+
+    # ----- act -----
+
+    def _act(self, plan: Plan, snap: Snapshot) -> None:
+        states = {n.name: n.state for n in snap.nodes}
+        for stop in plan.stop:
+            if stop.failed or states[stop.node] == NodeState.STARTING:
+                self.provider.delete(stop.node)
+                self.scheduler.mark_absent([stop.node])
+                if stop.failed:
+                    self.failures[stop.node] = self.failures.get(stop.node, 0) + 1
+                    self._save()
+                self.events.emit("failed" if stop.failed else "removed", stop.node, stop.nodeset, stop.reason)
+            else:
+                self.scheduler.release(stop.node, stop.reason)
+                self.events.emit("draining", stop.node, stop.nodeset, stop.reason)
+        for start in plan.start:
+            self.events.emit("requested", start.node, start.nodeset, start.reason)
+            try:
+                self.provider.create(self.scheduler.node_spec(start.node))
+            except (ProviderError, OSError, RuntimeError) as exc:
+                self.failures[start.node] = self.failures.get(start.node, 0) + 1
+                self._save()
+                self.events.emit("failed", start.node, start.nodeset, f"could not start: {exc}")
+                continue
+            self.events.emit("started", start.node, start.nodeset)
+
+    def _transitions(self, snap: Snapshot) -> None:
+        for n in snap.nodes:
+            before = self.last.get(n.name)
+            if before is not None and before != n.state:
+                if before == NodeState.STARTING and n.state in (NodeState.IDLE, NodeState.BUSY):
+                    self.events.emit("registered", n.name, n.nodeset)
+                    if self.failures.pop(n.name, None):
+                        self._save()
+                elif n.state == NodeState.BUSY and before == NodeState.IDLE:
+                    self.events.emit("busy", n.name, n.nodeset)
+                elif n.state == NodeState.IDLE and before == NodeState.BUSY:
+                    self.events.emit("idle", n.name, n.nodeset)
+            self.last[n.name] = n.state
+
+    def _save(self) -> None:
+        write_json(self.paths.controller_state, {"failures": self.failures})
+
+    def _write_status(self, snap: Snapshot) -> None:
+        import json
+
+        blob = json.dumps(
+            {
+                "nodes": [{"name": n.name, "nodeset": n.nodeset, "state": n.state.value, "since": n.since} for n in snap.nodes],
+                "jobs": [
+                    {"id": j.id, "nodeset": j.nodeset, "nodes": j.nodes, "cpus_per_node": j.cpus_per_node, "running": j.running, "reason": j.reason}
+                    for j in snap.jobs
+                ],
+                "pins": {s.name: s.pinned for s in snap.nodesets if s.pinned is not None},
+            },
+            sort_keys=True,
+        )
+        if blob != self._status_blob or snap.now - self._status_written > 2:
+            write_json(self.paths.state / "status.json", {"ts": snap.now, **json.loads(blob)})
+            self._status_blob, self._status_written = blob, snap.now
+
+    def step(self) -> Plan:
+        view = self.scheduler.observe()
+        containers = self.provider.list()
+        self._reconcile(view, containers)
+        now = self.clock()
+        snap = self.snapshot(view, containers, now)
+        self._transitions(snap)
+        plan = policy.decide(snap)
+        self._act(plan, snap)
+        self._write_status(snap)
+        return plan
+
+    def run(self, stop: threading.Event) -> None:
+        self.events.emit("controller", reason="started")
+        interval = self.config.controller.poll_interval
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                self.step()
+            except Exception:
+                log.exception("controller step failed; retrying")
+                stop.wait(1.0)
+            stop.wait(max(0.0, interval - (time.monotonic() - t0)))
+        self.events.emit("controller", reason="stopped")
+
+
+def serve(controller: Controller) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    controller.run(stop)

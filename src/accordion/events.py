@@ -1,0 +1,50 @@
+"""The event log: one JSON object per line, appended and flushed to disk as it happens."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+KINDS = ("requested", "started", "registered", "idle", "busy", "draining", "removed", "failed", "lost", "scaled", "controller")
+
+
+class EventLog:
+    def __init__(self, path: Path, cluster: str) -> None:
+        self.path = path
+        self.cluster = cluster
+
+    def emit(self, kind: str, node: str = "", nodeset: str = "", reason: str = "", **extra: object) -> dict[str, object]:
+        event: dict[str, object] = {"ts": round(time.time(), 3), "cluster": self.cluster, "kind": kind}
+        if node:
+            event["node"] = node
+        if nodeset:
+            event["nodeset"] = nodeset
+        if reason:
+            event["reason"] = reason
+        event.update(extra)
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return event
+
+
+def read_events(path: Path, since: float = 0.0) -> Iterator[dict[str, object]]:
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if float(event.get("ts", 0)) >= since:
+                    yield event
+    except FileNotFoundError:
+        return
+

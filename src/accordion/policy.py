@@ -1,0 +1,115 @@
+"""The scaling policy: a pure function from a snapshot to a plan.
+
+No I/O and no clock of its own: the live controller and the workload simulator call the same code with
+snapshots they build, so what is proven in simulation is what runs.
+
+Scale-up follows job shapes, not queue lengths: pending jobs (oldest first) are fitted onto nodes that
+are idle, partly free or already starting, and only what does not fit asks for new nodes, exactly as many
+as each job's node count and per-node CPUs require. Scale-down removes nodes idle for the node set's idle
+timeout that no waiting job has been fitted onto, down to `min_nodes`; the controller drains a node before
+removing it, so a job the scheduler places meanwhile is never killed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
+
+_INDEX = re.compile(r"(\d+)$")
+
+
+def node_order(name: str) -> tuple[str, int]:
+    match = _INDEX.search(name)
+    return (name[: match.start()], int(match.group(1))) if match else (name, -1)
+
+
+@dataclass
+class _Slot:
+    node: str | None  # None: a node to be started
+    free: int
+
+
+def _fit(job: Job, slots: list[_Slot], cpus: int, room: int) -> tuple[list[_Slot], int] | None:
+    """Slots the job would use and how many new nodes it needs, or None if it cannot fit now."""
+    if job.cpus_per_node > cpus:
+        return None
+    usable = [s for s in slots if s.free >= job.cpus_per_node][: job.nodes]
+    new = job.nodes - len(usable)
+    if new > room:
+        return None
+    return usable, new
+
+
+def decide_nodeset(spec: NodeSetSpec, nodes: list[Node], jobs: list[Job], now: float, resume_timeout: float) -> Plan:
+    plan = Plan()
+    by_state: dict[NodeState, list[Node]] = {s: [] for s in NodeState}
+    for n in sorted(nodes, key=lambda n: node_order(n.name)):
+        by_state[n.state].append(n)
+
+    starting = []
+    for n in by_state[NodeState.STARTING]:
+        if now - n.since > resume_timeout:
+            plan.stop.append(Stop(n.name, spec.name, f"did not register within {resume_timeout:.0f} s", failed=True))
+        else:
+            starting.append(n)
+    idle, busy, absent = by_state[NodeState.IDLE], by_state[NodeState.BUSY], by_state[NodeState.ABSENT]
+    active = len(starting) + len(idle) + len(busy)
+
+    if spec.pinned is not None:
+        target = max(0, min(spec.pinned, spec.max_nodes))
+        reason = f"scaled to {target} by hand"
+        if active < target:
+            plan.start += [Start(n.name, spec.name, reason) for n in absent[: target - active]]
+        elif active > target:
+            longest_idle = sorted(idle, key=lambda n: n.since)
+            for n in (longest_idle + starting[::-1] + busy[::-1])[: active - target]:
+                plan.stop.append(Stop(n.name, spec.name, reason))
+        return plan
+
+    slots = [_Slot(n.name, n.free_cpus) for n in busy if n.free_cpus > 0]
+    slots += [_Slot(n.name, spec.cpus) for n in idle + starting]
+    wanted: set[str] = set()
+    new_reasons: list[str] = []
+    room = min(spec.max_nodes - active, len(absent))
+    waiting = sorted(
+        (j for j in jobs if not j.running and j.wants_resources and j.nodeset == spec.name),
+        key=lambda j: (j.submit_time, node_order(j.id)),
+    )
+    for job in waiting:
+        fit = _fit(job, slots, spec.cpus, room - len(new_reasons))
+        if fit is None:
+            continue
+        usable, new = fit
+        for s in usable:
+            s.free -= job.cpus_per_node
+            if s.node is not None:
+                wanted.add(s.node)
+        for _ in range(new):
+            slots.append(_Slot(None, spec.cpus - job.cpus_per_node))
+            what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {job.cpus_per_node} CPU"
+            new_reasons.append(f"job {job.id} needs {what}{'s' if job.cpus_per_node > 1 else ''}")
+    while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
+        new_reasons.append(f"min_nodes is {spec.min_nodes}")
+    plan.start += [Start(n.name, spec.name, r) for n, r in zip(absent, new_reasons)]
+
+    removable = sorted(
+        (n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout),
+        key=lambda n: (n.since, node_order(n.name)),
+    )
+    keep = max(0, spec.min_nodes - (active - len(removable)))
+    for n in removable[: max(0, len(removable) - keep)]:
+        plan.stop.append(Stop(n.name, spec.name, f"idle {now - n.since:.0f} s"))
+    return plan
+
+
+def decide(snapshot: Snapshot) -> Plan:
+    plan = Plan()
+    for spec in snapshot.nodesets:
+        nodes = [n for n in snapshot.nodes if n.nodeset == spec.name]
+        jobs = [j for j in snapshot.jobs if j.nodeset == spec.name]
+        part = decide_nodeset(spec, nodes, jobs, snapshot.now, snapshot.resume_timeout)
+        plan.start += part.start
+        plan.stop += part.stop
+    return plan

@@ -1,0 +1,58 @@
+"""What every provider offers the controller and the scheduler adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str
+    target: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    cpus: int
+    memory_mb: int
+    command: list[str]
+    binds: list[Bind] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    running: bool
+    created: float
+
+
+class ProviderError(RuntimeError):
+    pass
+
+
+class Provider(Protocol):
+    def setup(self) -> None:
+        """Create what the cluster's nodes share (its network); idempotent."""
+
+    def teardown(self) -> None:
+        """Remove every node and everything `setup` made; idempotent."""
+
+    def head_address(self) -> str:
+        """The address at which nodes reach the scheduler's server."""
+
+    def address(self, node: str) -> str: ...
+
+    def enter(self) -> list[str]:
+        """A command prefix that runs a program where it can reach the scheduler's server."""
+
+    def create(self, spec: NodeSpec) -> None:
+        """Start the node; returns once its main process is running. Leaves nothing behind on failure."""
+
+    def delete(self, name: str) -> None:
+        """Stop and remove the node and all it used; a missing node is not an error."""
+
+    def list(self) -> dict[str, NodeInfo]: ...

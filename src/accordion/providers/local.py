@@ -1,0 +1,297 @@
+"""Node containers on this machine, from Linux primitives driven by an OCI runtime (runc).
+
+Each cluster gets a private network: a network namespace holding a bridge and the head address
+(where the scheduler's server listens), so clusters never touch the host's network or each other.
+Each node gets its own network namespace (a veth on that bridge), UTS, PID, mount and IPC namespaces
+and a cgroup sized from its node set. Its root is layered as in seed 004: the host's root read-only at
+the bottom, a small generated per-node layer above it (hostname, hosts), and a throwaway tmpfs layer
+taking all writes, so a node is stateless and costs only what it writes.
+
+runc applies namespaces, cgroups, capabilities and mounts from one declarative spec, which is easier to
+audit than a chain of unshare/nsenter/mount calls and matches what a Kubernetes node would run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from accordion.config import ClusterConfig
+from accordion.paths import ClusterPaths, run_root, state_root
+from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
+from accordion.sh import CommandError, run
+
+NETWORK = ipaddress.IPv4Network("10.77.0.0/16")
+HEAD = NETWORK.network_address + 1
+FIRST_NODE = 10
+BRIDGE = "br0"
+CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd")
+
+# What slurmd/sshd and job steps need as root inside a node: run steps as the submitting user
+# (SETUID/SETGID/SETPCAP), manage spool and job files (CHOWN/DAC_OVERRIDE/FOWNER/FSETID), signal steps
+# (KILL), bind low ports (sshd), chroot for privilege separation (sshd), audit records (login).
+CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+]
+
+
+class LocalProvider:
+    def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.netns = f"acc.{config.name}"
+        self._index = {name: i for i, name in enumerate(config.all_nodes())}
+
+    def _runc(self) -> list[str]:
+        return ["runc", "--root", str(self.paths.run / "runc")]
+
+    def head_address(self) -> str:
+        return str(HEAD)
+
+    def address(self, node: str) -> str:
+        return str(NETWORK.network_address + FIRST_NODE + self._index[node])
+
+    def enter(self) -> list[str]:
+        # `ip netns exec` would remount /sys and hide the cgroup tree; nsenter only switches the network.
+        return ["nsenter", f"--net=/run/netns/{self.netns}"]
+
+    def hosts_file(self) -> str:
+        lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{self.config.name}-head"]
+        lines += [f"{self.address(n)}\t{n}" for n in self.config.all_nodes()]
+        return "\n".join(lines) + "\n"
+
+    def setup(self) -> None:
+        if not Path(f"/run/netns/{self.netns}").exists():
+            run(["ip", "netns", "add", self.netns])
+        ip = ["ip", "-n", self.netns]
+        run(ip + ["link", "set", "lo", "up"])
+        if run(ip + ["link", "show", BRIDGE], check=False).returncode != 0:
+            run(ip + ["link", "add", BRIDGE, "type", "bridge"])
+            # A bridge without a fixed MAC takes its lowest port's, so adding a node could change the
+            # gateway's MAC and stall every node's connection to the server for seconds.
+            run(ip + ["link", "set", BRIDGE, "address", "02:ac:00:00:00:01"])
+            run(ip + ["addr", "add", f"{HEAD}/{NETWORK.prefixlen}", "dev", BRIDGE])
+        run(ip + ["link", "set", BRIDGE, "up"])
+        (self.paths.run / "runc").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths.nodes.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.paths.run / "hosts").write_text(self.hosts_file())
+
+    def teardown(self) -> None:
+        for name in sorted(self.list()):
+            self.delete(name)
+        if self.paths.nodes.is_dir():
+            for leftover in self.paths.nodes.iterdir():
+                self.delete(leftover.name)
+        if Path(f"/run/netns/{self.netns}").exists():
+            run(["ip", "netns", "del", self.netns], check=False)
+        for ctrl in CGROUP_CONTROLLERS:
+            for path in (f"/sys/fs/cgroup/{ctrl}/accordion/{self.config.name}", f"/sys/fs/cgroup/{ctrl}/accordion"):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+
+    def _node_dir(self, name: str) -> Path:
+        return self.paths.nodes / name
+
+    def _node_netns(self, name: str) -> str:
+        return f"acc.{self.config.name}.{name}"
+
+    def _mac(self, name: str) -> str:
+        i = self._index[name] + 2
+        return f"02:ac:00:00:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+
+    def create(self, spec: NodeSpec) -> None:
+        if spec.name not in self._index:
+            raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
+        self.delete(spec.name)
+        try:
+            self._create(spec)
+        except Exception:
+            self.delete(spec.name)
+            raise
+
+    def _create(self, spec: NodeSpec) -> None:
+        name = spec.name
+        node_dir = self._node_dir(name)
+        node_dir.mkdir(parents=True, mode=0o700)
+        (node_dir / "created").write_text(f"{time.time()}\n")
+        self._network(name)
+        rootfs = self._rootfs(spec)
+        bundle = node_dir / "bundle"
+        bundle.mkdir()
+        (bundle / "config.json").write_text(json.dumps(self._oci_spec(spec, rootfs)))
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.paths.logs / f"{name}.log", "ab")
+        try:
+            proc = subprocess.run(
+                self._runc() + ["run", "--detach", "--bundle", str(bundle), name],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                timeout=30,
+                check=False,
+            )
+        finally:
+            log.close()
+        if proc.returncode != 0:
+            tail = (self.paths.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise ProviderError(f"runc could not start node {name}: {' | '.join(tail)}")
+
+    def _network(self, name: str) -> None:
+        ns = self._node_netns(name)
+        veth = f"v{self._index[name]}"
+        run(["ip", "netns", "add", ns])
+        run(["ip", "-n", self.netns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        run(["ip", "-n", self.netns, "link", "set", veth, "master", BRIDGE, "up"])
+        inside = ["ip", "-n", ns]
+        run(inside + ["link", "set", "lo", "up"])
+        run(inside + ["link", "set", "eth0", "address", self._mac(name)])
+        run(inside + ["addr", "add", f"{self.address(name)}/{NETWORK.prefixlen}", "dev", "eth0"])
+        run(inside + ["link", "set", "eth0", "up"])
+
+    def _rootfs(self, spec: NodeSpec) -> Path:
+        node_dir = self._node_dir(spec.name)
+        scratch = node_dir / "scratch"
+        scratch.mkdir()
+        size = max(64, min(spec.memory_mb, 2048))
+        run(["mount", "-t", "tmpfs", "-o", f"size={size}m,mode=0700", "tmpfs", str(scratch)])
+        layer = scratch / "layer"
+        for sub in ("layer/etc", "layer/var/spool/slurmd", "upper", "work"):
+            (scratch / sub).mkdir(parents=True)
+        (layer / "etc" / "hostname").write_text(spec.name + "\n")
+        (layer / "etc" / "hosts").write_text(self.hosts_file())
+        rootfs = node_dir / "rootfs"
+        rootfs.mkdir()
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={layer}:/,upperdir={scratch / 'upper'},workdir={scratch / 'work'}",
+                str(rootfs),
+            ]
+        )
+        return rootfs
+
+    def _oci_spec(self, spec: NodeSpec, rootfs: Path) -> dict[str, object]:
+        mounts: list[dict[str, object]] = [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=256m"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+            # The host's Accordion state (keys, other clusters) and runtime files stay out of nodes.
+            {"destination": str(state_root()), "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": str(self._node_dir(spec.name) / "scratch/layer/etc/hosts"), "options": ["bind", "ro"]},
+        ]
+        if not run_root().is_relative_to("/run"):
+            mounts.append({"destination": str(run_root()), "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})
+        for b in spec.binds:
+            mounts.append({"destination": b.target, "type": "bind", "source": b.source, "options": ["rbind", "ro" if b.readonly else "rw"]})
+        caps = list(CAPABILITIES)
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"} | spec.env
+        cgroup = f"/accordion/{self.config.name}/{spec.name}"
+        return {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": ["/usr/bin/catatonit", "--", *spec.command],
+                "env": [f"{k}={v}" for k, v in env.items()],
+                "cwd": "/",
+                "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+                "noNewPrivileges": False,
+            },
+            "root": {"path": str(rootfs), "readonly": False},
+            "hostname": spec.name,
+            "mounts": mounts,
+            "linux": {
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "ipc"},
+                    {"type": "uts"},
+                    {"type": "mount"},
+                    {"type": "network", "path": f"/run/netns/{self._node_netns(spec.name)}"},
+                ],
+                "cgroupsPath": cgroup,
+                "resources": {
+                    "memory": {"limit": spec.memory_mb * 1024 * 1024},
+                    "cpu": {"quota": spec.cpus * 100000, "period": 100000},
+                    "pids": {"limit": 4096},
+                    "devices": [{"allow": False, "access": "rwm"}]
+                    + [
+                        {"allow": True, "type": "c", "major": maj, "minor": mi, "access": "rwm"}
+                        for maj, mi in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, -1))
+                    ],
+                },
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            },
+        }
+
+    def delete(self, name: str) -> None:
+        runc = self._runc()
+        if (self.paths.run / "runc" / name).exists():
+            run(runc + ["kill", name, "KILL"], check=False)
+            for _ in range(50):
+                if run(runc + ["delete", "--force", name], check=False).returncode == 0:
+                    break
+                time.sleep(0.1)
+        node_dir = self._node_dir(name)
+        for mnt in (node_dir / "rootfs", node_dir / "scratch"):
+            if os.path.ismount(mnt):
+                if run(["umount", str(mnt)], check=False).returncode != 0:
+                    run(["umount", "-l", str(mnt)], check=False)
+        ns = self._node_netns(name)
+        if Path(f"/run/netns/{ns}").exists():
+            run(["ip", "netns", "del", ns], check=False)
+        if name in self._index:
+            veth = f"v{self._index[name]}"
+            # The veth pair disappears asynchronously after its namespace goes; a node re-created with the
+            # same name before then would fail to add its veth.
+            for _ in range(100):
+                if run(["ip", "-n", self.netns, "link", "show", veth], check=False).returncode != 0:
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(node_dir, ignore_errors=True)
+
+    def list(self) -> dict[str, NodeInfo]:
+        nodes: dict[str, NodeInfo] = {}
+        if not self.paths.nodes.is_dir():
+            return nodes
+        states: dict[str, str] = {}
+        try:
+            listing = run(self._runc() + ["list", "--format", "json"], timeout=20).stdout.strip()
+            for c in json.loads(listing or "null") or []:
+                states[c["id"]] = c["status"]
+        except (CommandError, json.JSONDecodeError):
+            pass
+        for node_dir in self.paths.nodes.iterdir():
+            try:
+                created = float((node_dir / "created").read_text())
+            except (OSError, ValueError):
+                created = node_dir.stat().st_mtime
+            nodes[node_dir.name] = NodeInfo(node_dir.name, states.get(node_dir.name) == "running", created)
+        return nodes

@@ -1,0 +1,16 @@
+"""Scheduler adapters: each speaks one batch scheduler."""
+
+from __future__ import annotations
+
+from accordion.config import ClusterConfig
+from accordion.paths import ClusterPaths
+from accordion.providers.base import Provider
+from accordion.schedulers.base import Scheduler
+
+
+def make_scheduler(config: ClusterConfig, paths: ClusterPaths, provider: Provider) -> Scheduler:
+    if config.scheduler == "slurm":
+        from accordion.schedulers.slurm import SlurmScheduler
+
+        return SlurmScheduler(config, paths, provider)
+    raise ValueError(f"unknown scheduler {config.scheduler!r}")

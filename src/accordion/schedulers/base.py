@@ -1,0 +1,35 @@
+"""What the controller needs from a batch scheduler."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from accordion.model import SchedulerView
+from accordion.providers.base import NodeSpec
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def setup(self) -> None:
+        """Generate keys and configuration, start the scheduler's server; idempotent."""
+
+    def teardown(self) -> None: ...
+
+    def running(self) -> bool: ...
+
+    def env(self) -> dict[str, str]:
+        """Environment under which the scheduler's user commands talk to this cluster."""
+
+    def node_spec(self, node: str) -> NodeSpec:
+        """What a node container runs: the scheduler's node agent and what it must see."""
+
+    def observe(self) -> SchedulerView: ...
+
+    def mark_absent(self, nodes: list[str], reason: str = ...) -> None:
+        """The nodes have no container: the scheduler must not use them (jobs on them are lost)."""
+
+    def release(self, node: str, reason: str) -> None:
+        """No new jobs on the node; `observe` reports it DRAINED once it is empty."""
+
+    def unrelease(self, node: str) -> None: ...
