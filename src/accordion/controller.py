@@ -152,11 +152,12 @@ class Controller:
         for n in snap.nodes:
             before = self.last.get(n.name)
             if before is not None and before != n.state:
-                if before == NodeState.STARTING and n.state in (NodeState.IDLE, NodeState.BUSY):
-                    self.events.emit("registered", n.name, n.nodeset)
+                # Registration is often faster than one poll: a node may go from absent to busy unseen.
+                if before in (NodeState.ABSENT, NodeState.STARTING) and n.state in (NodeState.IDLE, NodeState.BUSY):
+                    self.events.emit("registered", n.name, n.nodeset, f"{snap.now - n.since:.2f} s after start" if before == NodeState.STARTING else "")
                     if self.failures.pop(n.name, None):
                         self._save()
-                elif n.state == NodeState.BUSY and before == NodeState.IDLE:
+                if n.state == NodeState.BUSY:
                     self.events.emit("busy", n.name, n.nodeset)
                 elif n.state == NodeState.IDLE and before == NodeState.BUSY:
                     self.events.emit("idle", n.name, n.nodeset)

@@ -52,6 +52,7 @@ class Job:
     wants_resources: bool = True
     node_names: tuple[str, ...] = ()
     reason: str = ""
+    exclusive: bool = False  # wants whole nodes whatever its CPU count
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,16 @@ class _Slot:
     free: int
 
 
+def _per_node(job: Job, cpus: int) -> int:
+    return cpus if job.exclusive else job.cpus_per_node
+
+
 def _fit(job: Job, slots: list[_Slot], cpus: int, room: int) -> tuple[list[_Slot], int] | None:
     """Slots the job would use and how many new nodes it needs, or None if it cannot fit now."""
-    if job.cpus_per_node > cpus:
+    need = _per_node(job, cpus)
+    if need > cpus:
         return None
-    usable = [s for s in slots if s.free >= job.cpus_per_node][: job.nodes]
+    usable = [s for s in slots if s.free >= need][: job.nodes]
     new = job.nodes - len(usable)
     if new > room:
         return None
@@ -77,25 +82,28 @@ def decide_nodeset(spec: NodeSetSpec, nodes: list[Node], jobs: list[Job], now: f
         (j for j in jobs if not j.running and j.wants_resources and j.nodeset == spec.name),
         key=lambda j: (j.submit_time, node_order(j.id)),
     )
+    blocked = False  # a job that could run here once busy nodes free up: keep idle nodes for it
     for job in waiting:
         fit = _fit(job, slots, spec.cpus, room - len(new_reasons))
         if fit is None:
+            blocked = blocked or (_per_node(job, spec.cpus) <= spec.cpus and job.nodes <= spec.max_nodes)
             continue
         usable, new = fit
+        need = _per_node(job, spec.cpus)
         for s in usable:
-            s.free -= job.cpus_per_node
+            s.free -= need
             if s.node is not None:
                 wanted.add(s.node)
         for _ in range(new):
-            slots.append(_Slot(None, spec.cpus - job.cpus_per_node))
-            what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {job.cpus_per_node} CPU"
-            new_reasons.append(f"job {job.id} needs {what}{'s' if job.cpus_per_node > 1 else ''}")
+            slots.append(_Slot(None, spec.cpus - need))
+            what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
+            new_reasons.append(f"job {job.id} needs {what}")
     while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
         new_reasons.append(f"min_nodes is {spec.min_nodes}")
     plan.start += [Start(n.name, spec.name, r) for n, r in zip(absent, new_reasons)]
 
     removable = sorted(
-        (n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout),
+        (n for n in idle if not blocked and n.name not in wanted and now - n.since >= spec.idle_timeout),
         key=lambda n: (n.since, node_order(n.name)),
     )
     keep = max(0, spec.min_nodes - (active - len(removable)))

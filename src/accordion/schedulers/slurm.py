@@ -93,7 +93,9 @@ def render_slurm_conf(config: ClusterConfig, provider: Provider, paths: ClusterP
             )
         lines.append(
             f"PartitionName={ns.name} Nodes={','.join(ns.node_names())} MaxNodes={ns.max_nodes} "
-            f"Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP OverSubscribe=NO"
+            f"Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP OverSubscribe=NO "
+            # Without a default, a job that names no memory takes the whole node and 1-CPU jobs cannot share.
+            f"DefMemPerCPU={ns.memory_mb // ns.cpus}"
         )
     return "\n".join(lines) + "\n"
 
@@ -292,7 +294,7 @@ class SlurmScheduler:
         return self._nodeset_of.get(node)
 
 
-SQUEUE_FORMAT = "%i|%P|%T|%D|%C|%r|%V|%N"
+SQUEUE_FORMAT = "%i|%P|%T|%D|%C|%r|%V|%N|%h"
 
 
 def parse_squeue(text: str, default_partition: str) -> list[Job]:
@@ -301,9 +303,9 @@ def parse_squeue(text: str, default_partition: str) -> list[Job]:
     jobs = []
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) != 8:
+        if len(parts) != 9:
             continue
-        jid, part, state, nnodes, ncpus, reason, submit, nodelist = parts
+        jid, part, state, nnodes, ncpus, reason, submit, nodelist, share = parts
         nodes = max(1, int(nnodes or 1))
         cpus = max(1, int(ncpus or 1))
         running = state in ("RUNNING", "CONFIGURING", "COMPLETING")
@@ -320,6 +322,7 @@ def parse_squeue(text: str, default_partition: str) -> list[Job]:
                 wants_resources=(not running) and (reason in RESOURCE_REASONS or reason.split(",")[0] in RESOURCE_REASONS),
                 node_names=tuple(HostList(nodelist)) if running and nodelist and nodelist != "(null)" else (),
                 reason=reason,
+                exclusive=share == "NO",
             )
         )
     return jobs

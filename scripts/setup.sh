@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything Accordion needs on Debian 12 (run as root) and puts `accordion` on the PATH.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "scripts/setup.sh: run as root" >&2; exit 1; }
+
+packages=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev gcc catatonit runc
+          iproute2 util-linux procps python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing[*]}"
+  # Accordion starts munged and slurmctld per cluster itself: keep the packages from starting theirs.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+venv=${ACCORDION_VENV:-/opt/accordion/venv}
+if [ ! -x "$venv/bin/python" ]; then
+  echo "==> creating $venv"
+  python3 -m venv "$venv"
+fi
+echo "==> installing accordion into $venv"
+"$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+ln -sf "$venv/bin/accordion" /usr/local/bin/accordion
+echo "==> ready: $(command -v accordion)"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up the machine (scripts/setup.sh) and runs the whole test suite, live Slurm clusters included.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bash "$here/scripts/setup.sh"
+venv=${ACCORDION_VENV:-/opt/accordion/venv}
+cd "$here"
+ACCORDION_REQUIRE_LIVE=1 exec "$venv/bin/python" -m pytest -v -p no:cacheprovider "$@" tests
