@@ -30,7 +30,6 @@ NETWORK = ipaddress.IPv4Network("10.77.0.0/16")
 HEAD = NETWORK.network_address + 1
 FIRST_NODE = 10
 BRIDGE = "br0"
-CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd")
 
 # What slurmd/sshd and job steps need as root inside a node: run steps as the submitting user
 # (SETUID/SETGID/SETPCAP), manage spool and job files (CHOWN/DAC_OVERRIDE/FOWNER/FSETID), signal steps
@@ -99,10 +98,11 @@ class LocalProvider:
                 self.delete(leftover.name)
         if Path(f"/run/netns/{self.netns}").exists():
             run(["ip", "netns", "del", self.netns], check=False)
-        for ctrl in CGROUP_CONTROLLERS:
-            for path in (f"/sys/fs/cgroup/{ctrl}/accordion/{self.config.name}", f"/sys/fs/cgroup/{ctrl}/accordion"):
+        for top in Path("/sys/fs/cgroup").glob(f"*/accordion/{self.config.name}"):
+            # Deepest first: a cgroup directory can only be removed once it has no children.
+            for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top, top.parent]:
                 try:
-                    os.rmdir(path)
+                    path.rmdir()
                 except OSError:
                     pass
 
