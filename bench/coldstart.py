@@ -1,0 +1,92 @@
+"""Cold and warm start of a job on a live Accordion Slurm cluster.
+
+cold: no node exists when `sbatch` is called; warm: an idle node exists. The time is from just before
+`sbatch` runs to the first line of the job script running on its node (the job writes its own clock;
+nodes share the host's clock). Prints median, p95 and the cold/warm ratio.
+
+    python bench/coldstart.py [--runs 10] [--nodes 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+
+def accordion(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "accordion", *args], check=True, capture_output=True, text=True)
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--nodes", type=int, default=1, help="nodes per job (cold start creates all of them)")
+    args = ap.parse_args()
+
+    name = f"bench-{uuid.uuid4().hex[:4]}"
+    cfg = Path(f"/tmp/{name}.yaml")
+    ns = {"name": "compute", "name_base": "hpc-node", "max_nodes": max(2, args.nodes), "cpus": 2, "memory_mb": 512, "idle_timeout": 3600}
+    cfg.write_text(yaml.safe_dump({"name": name, "nodesets": [ns]}))
+    accordion("up", "-f", str(cfg))
+    shared = Path("/srv/accordion") / name
+    nodes_dir = Path("/run/accordion") / name / "nodes"
+    env = os.environ | {"SLURM_CONF": f"/var/lib/accordion/{name}/scheduler/slurm.conf"}
+    enter = ["nsenter", f"--net=/run/netns/acc.{name}"]
+
+    def start_latency(i: int, label: str) -> float:
+        stamp = shared / f"{label}-{i}.t"
+        script = shared / "stamp.sh"
+        script.write_text(f"#!/bin/bash\ndate +%s.%N > $1\n")
+        t0 = time.time()
+        subprocess.run(enter + ["sbatch", "-Q", f"-N{args.nodes}", "-o", "/dev/null", str(script), str(stamp)], env=env, check=True)
+        deadline = time.monotonic() + 60
+        while not (stamp.exists() and stamp.read_text().strip()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{label} run {i}: the job did not start within 60 s")
+            time.sleep(0.005)
+        return float(stamp.read_text()) - t0
+
+    def wait_nodes(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(list(nodes_dir.iterdir()) if nodes_dir.exists() else []) != count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"node count did not reach {count}")
+            time.sleep(0.05)
+
+    cold, warm = [], []
+    try:
+        for i in range(args.runs):
+            accordion("scale", "-c", name, "compute", "0")
+            wait_nodes(0)
+            accordion("scale", "-c", name, "compute", "--auto")
+            time.sleep(0.5)
+            cold.append(start_latency(i, "cold"))
+            time.sleep(1.5)  # let the job end: its nodes are now idle
+            warm.append(start_latency(i, "warm"))
+            time.sleep(1.0)
+            print(f"run {i + 1}/{args.runs}: cold {cold[-1]:.3f} s, warm {warm[-1]:.3f} s", flush=True)
+    finally:
+        accordion("down", "-c", name)
+        cfg.unlink(missing_ok=True)
+    cm, wm = statistics.median(cold), statistics.median(warm)
+    print(f"\n{args.nodes}-node job, {args.runs} runs each (sbatch -> job script running)")
+    print(f"cold start: median {cm:.3f} s, p95 {p95(cold):.3f} s, min {min(cold):.3f} s, max {max(cold):.3f} s")
+    print(f"warm start: median {wm:.3f} s, p95 {p95(warm):.3f} s, min {min(warm):.3f} s, max {max(warm):.3f} s")
+    print(f"cold/warm ratio (medians): {cm / wm:.2f}")
+
+
+if __name__ == "__main__":
+    main()
