@@ -170,12 +170,12 @@ def status(
         return
     ctl = "[green]running[/]" if doc["controller"] == "running" else "[red]stopped[/]"
     out.print(f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}")
-    table = Table("node set", "scaling", "max", "starting", "idle", "busy", "draining", "failed", "jobs run/wait", "waiting CPUs")
+    table = Table("set", "scaling", "max", "start", "idle", "busy", "drain", "fail", "run", "wait", "CPUs wait")
     for s in doc["nodesets"]:
         n = s["nodes"]
         table.add_row(
             s["name"], s["scaling"], str(s["max_nodes"]), str(n["starting"]), str(n["idle"]), str(n["busy"]),
-            str(n["draining"]), str(n["failed"]), f"{s['running_jobs']}/{s['pending_jobs']}", str(s["pending_cpus"]),
+            str(n["draining"]), str(n["failed"]), str(s["running_jobs"]), str(s["pending_jobs"]), str(s["pending_cpus"]),
         )
     out.print(table)
     for s in doc["nodesets"]:
@@ -290,7 +290,7 @@ def scale(
             up_ = sum(s in ("idle", "busy") for s in states)
             moving = sum(s in ("starting", "draining") for s in states)
             st.update(f"{nodeset}: {up_}/{count} nodes up, {moving} starting or draining")
-            if up_ == count and moving == 0 and float(doc.get("ts", 0)) > time.time() - 2:
+            if up_ == count and moving == 0 and float(doc.get("ts", 0)) > time.time() - 5:
                 err.print(f"[green]✓[/] {nodeset}: {count} node(s)")
                 return
             time.sleep(0.2)

@@ -66,8 +66,9 @@ class Cluster:
 
     def start_controller(self) -> None:
         if self.controller_pid() is None:
+            # Inside the cluster's network, so its scheduler commands need no namespace switch each time.
             daemons.spawn(
-                [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
+                self.provider.enter() + [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
                 self.paths.logs / "controller.log",
                 self.controller_pidfile,
             )

@@ -64,7 +64,10 @@ class NodeSet(BaseModel):
 class ControllerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    poll_interval: Seconds = Field(default=0.25, gt=0, le=60)
+    # How often to look for a change (cheap: a few stat calls); a full observation of the scheduler runs
+    # on a change, while nodes start or drain, and at least every resync_interval.
+    poll_interval: Seconds = Field(default=0.1, gt=0, le=60)
+    resync_interval: Seconds = Field(default=2.0, gt=0, le=600)
     resume_timeout: Seconds = Field(default=30.0, gt=0, le=3600)
     max_start_failures: int = Field(default=3, ge=1, le=100)
 

@@ -56,6 +56,7 @@ class Controller:
         self.failures: dict[str, int] = dict(saved.get("failures", {})) if isinstance(saved, dict) else {}
         self.last: dict[str, NodeState] = {}
         self._status_written = 0.0
+        self.last_plan = Plan()
         self._status_blob = ""
 
     # ----- observe -----
@@ -193,20 +194,37 @@ class Controller:
         self._transitions(snap)
         plan = policy.decide(snap)
         self._act(plan, snap)
+        self.last_plan = plan
         self._write_status(snap)
         return plan
 
+    def _token(self) -> object:
+        try:
+            pins = (self.paths.state / "scale.json").stat().st_mtime_ns
+        except OSError:
+            pins = None
+        return (self.scheduler.changes(), pins)
+
     def run(self, stop: threading.Event) -> None:
         self.events.emit("controller", reason="started")
-        interval = self.config.controller.poll_interval
+        settings = self.config.controller
+        last_token: object = object()
+        last_step = float("-inf")
+        moving = True
         while not stop.is_set():
-            t0 = time.monotonic()
-            try:
-                self.step()
-            except Exception:
-                log.exception("controller step failed; retrying")
-                stop.wait(1.0)
-            stop.wait(max(0.0, interval - (time.monotonic() - t0)))
+            token = self._token()
+            now = time.monotonic()
+            if moving or token != last_token or now - last_step >= settings.resync_interval:
+                last_token, last_step = token, now
+                try:
+                    self.step()
+                    moving = bool(self.last_plan.start or self.last_plan.stop) or any(
+                        s in (NodeState.STARTING, NodeState.DRAINING) for s in self.last.values()
+                    )
+                except Exception:
+                    log.exception("controller step failed; retrying")
+                    stop.wait(1.0)
+            stop.wait(settings.poll_interval)
         self.events.emit("controller", reason="stopped")
 
 

@@ -66,6 +66,12 @@ class LocalProvider:
         return str(NETWORK.network_address + FIRST_NODE + self._index[node])
 
     def enter(self) -> list[str]:
+        try:
+            here, there = os.stat("/proc/self/ns/net"), os.stat(f"/run/netns/{self.netns}")
+            if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+                return []
+        except OSError:
+            pass
         # `ip netns exec` would remount /sys and hide the cgroup tree; nsenter only switches the network.
         return ["nsenter", f"--net=/run/netns/{self.netns}"]
 

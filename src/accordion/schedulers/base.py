@@ -26,6 +26,9 @@ class Scheduler(Protocol):
 
     def observe(self) -> SchedulerView: ...
 
+    def changes(self) -> object:
+        """A cheap token that changes whenever jobs may have been submitted or ended."""
+
     def mark_absent(self, nodes: list[str], reason: str = ...) -> None:
         """The nodes have no container: the scheduler must not use them (jobs on them are lost)."""
 
