@@ -6,7 +6,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "scripts/setup.sh: run as root" >&2; exit 1; }
 
 packages=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev gcc catatonit runc
-          iproute2 util-linux procps python3-venv)
+          iproute2 util-linux procps python3-venv
+          oar-server oar-server-pgsql oar-node oar-user oar-user-pgsql postgresql openssh-server openssh-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# OAR refuses jobs from root: the demo and tests submit OAR jobs as this ordinary user.
+id hpcuser >/dev/null 2>&1 || useradd --create-home --shell /bin/bash hpcuser
 
 venv=${ACCORDION_VENV:-/opt/accordion/venv}
 if [ ! -x "$venv/bin/python" ]; then

@@ -243,7 +243,7 @@ def shell(
         cmd = ["bash", "--norc", "-i"]
         err.print(f"cluster [bold]{c.config.name}[/]: sbatch, squeue, sinfo, srun work here; shared dir {c.paths.shared}; exit to leave")
     os.chdir(c.paths.shared)
-    argv = c.provider.enter() + cmd
+    argv = c.provider.enter() + c.scheduler.wrap() + cmd
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
 

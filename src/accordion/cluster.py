@@ -20,6 +20,7 @@ from accordion.store import read_json, write_json
 
 REQUIRED = {
     "slurm": ["slurmctld", "slurmd", "munged", "scontrol", "sbatch"],
+    "oar": ["Almighty", "oarsub", "oarnodesetting", "psql", "sshd", "ssh-keygen", "unshare"],
     "local": ["runc", "catatonit", "ip", "nsenter", "setpriv"],
 }
 
@@ -68,7 +69,7 @@ class Cluster:
         if self.controller_pid() is None:
             # Inside the cluster's network, so its scheduler commands need no namespace switch each time.
             daemons.spawn(
-                self.provider.enter() + [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
+                self.provider.enter() + self.scheduler.wrap() + [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
                 self.paths.logs / "controller.log",
                 self.controller_pidfile,
             )

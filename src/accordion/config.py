@@ -76,7 +76,7 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="accordion", pattern=CLUSTER_NAME)
-    scheduler: Literal["slurm"] = "slurm"
+    scheduler: Literal["slurm", "oar"] = "slurm"
     provider: Literal["local"] = "local"
     nodesets: list[NodeSet] = Field(
         default_factory=lambda: [NodeSet(name="compute", name_base="hpc-node")], min_length=1, max_length=32

@@ -13,4 +13,8 @@ def make_scheduler(config: ClusterConfig, paths: ClusterPaths, provider: Provide
         from accordion.schedulers.slurm import SlurmScheduler
 
         return SlurmScheduler(config, paths, provider)
+    if config.scheduler == "oar":
+        from accordion.schedulers.oar import OarScheduler
+
+        return OarScheduler(config, paths, provider)
     raise ValueError(f"unknown scheduler {config.scheduler!r}")

@@ -21,6 +21,9 @@ class Scheduler(Protocol):
     def env(self) -> dict[str, str]:
         """Environment under which the scheduler's user commands talk to this cluster."""
 
+    def wrap(self) -> list[str]:
+        """A command prefix under which the scheduler's own tools find this cluster (may be empty)."""
+
     def node_spec(self, node: str) -> NodeSpec:
         """What a node container runs: the scheduler's node agent and what it must see."""
 

@@ -169,6 +169,9 @@ class SlurmScheduler:
     def env(self) -> dict[str, str]:
         return {"SLURM_CONF": str(self.conf)}
 
+    def wrap(self) -> list[str]:
+        return []
+
     def _cmd(self, argv: list[str], timeout: float = 20) -> str:
         env = os.environ | self.env()
         return run(self.provider.enter() + argv, timeout=timeout, env=env).stdout

@@ -1,0 +1,345 @@
+"""Discrete-event replay of a job log on one elastic node set.
+
+The batch scheduler is FCFS with EASY backfilling over whole nodes; the scaling policy is any
+`(Snapshot) -> Plan` function and its plans are applied as the live controller applies them. The policy is
+asked after every change (job submitted or ended, node ready or gone, a node's idle timeout reached), never
+on a clock tick, so its reaction time is zero and a slow policy only makes the simulation slower.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from array import array
+from bisect import bisect_left, insort
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot
+from accordion.simulator.traces import TraceJob
+
+Policy = Callable[[Snapshot], Plan]
+NODESET = "sim"
+
+ABSENT, STARTING, IDLE, BUSY, DRAINING = (NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY, NodeState.DRAINING)
+_END, _READY, _GONE, _WAKE = range(4)
+
+
+class SimulationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ClusterModel:
+    max_nodes: int
+    cpus_per_node: int
+    min_nodes: int = 0
+    boot_time: float = 0.8  # the live cluster's measured cold start (README, Benchmarks)
+    stop_time: float = 0.2
+
+    def nodes_for(self, job: TraceJob) -> int:
+        """Whole nodes: a job never shares a node, which is what makes node counts comparable."""
+        return max(job.nodes, -(-job.procs // self.cpus_per_node))
+
+
+def fit_to(cluster: ClusterModel, jobs: Sequence[TraceJob]) -> tuple[list[TraceJob], list[TraceJob]]:
+    """The jobs that fit in the cluster, and those larger than it."""
+    fits, too_big = [], []
+    for j in jobs:
+        (fits if cluster.nodes_for(j) <= cluster.max_nodes else too_big).append(j)
+    return fits, too_big
+
+
+@dataclass
+class Run:
+    """What happened to the jobs and the node set during one simulation."""
+
+    policy: str
+    cluster: ClusterModel
+    jobs: Sequence[TraceJob]
+    nodes: list[int]  # per job, as replayed
+    start: array  # per job; nan: never started
+    begin: float
+    end: float
+    node_seconds: float  # provisioned: starting, idle, busy or leaving
+    node_starts: int
+    killed: int
+    policy_calls: int
+    # Change points over time: demand (cores of queued and running jobs), provisioned and busy nodes.
+    timeline: tuple[array, array, array, array] = field(default_factory=lambda: (array("d"), array("d"), array("d"), array("d")))
+
+
+def _after(t: float, delay: float) -> float:
+    """The first float time at which `time - t >= delay` holds, so a policy comparing durations agrees."""
+    w = t + delay
+    while w - t < delay:
+        w = math.nextafter(w, math.inf)
+    return w
+
+
+class Simulation:
+    def __init__(
+        self,
+        jobs: Sequence[TraceJob],
+        cluster: ClusterModel,
+        policy: Policy,
+        idle_timeout: float,
+        name: str = "policy",
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.jobs, self.cluster, self.policy, self.name, self.progress = jobs, cluster, policy, name, progress
+        cpn, n = cluster.cpus_per_node, cluster.max_nodes
+        self.spec = NodeSetSpec(NODESET, cluster.min_nodes, n, cpn, idle_timeout)
+        # A node never fails to start here: give the policy no reason to give up on one.
+        self.resume_timeout = cluster.boot_time + 30.0
+        self.sub = [j.submit for j in jobs]
+        self.run_t = [j.run for j in jobs]
+        self.est = [j.estimate for j in jobs]
+        self.k = [cluster.nodes_for(j) for j in jobs]
+        if any(k > n for k in self.k):
+            raise SimulationError("a job needs more nodes than the cluster has: filter with fit_to() first")
+        self.start = array("d", [math.nan]) * len(jobs)
+        self.job_objs: list[Job | None] = [None] * len(jobs)
+        self.queue: list[int] = []  # waiting jobs, FCFS
+        self.running: dict[int, list[int]] = {}  # job -> its nodes
+        self.by_end: list[tuple[float, int]] = []  # running jobs by estimated end
+        self.usable: dict[int, int] = {}  # running job -> its nodes that will serve again when it ends
+
+        self.names = [f"{NODESET}-{i}" for i in range(n)]
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.state = [ABSENT] * n
+        self.gen = [0] * n  # bumped on every state change: events of a node's earlier life are stale
+        self.job_on = [-1] * n
+        self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
+        self.idle_heap: list[int] = []  # lowest index first, as Slurm picks nodes; stale entries skipped
+        self.n_idle = self.provisioned = self.busy = self.demand = 0
+        self.events: list[tuple[float, int, int, int, int]] = []
+        self.seq = 0
+        self.node_seconds = 0.0
+        self.node_starts = self.killed = self.calls = 0
+        self.timeline = (array("d"), array("d"), array("d"), array("d"))
+
+    # ----- nodes -----
+
+    def _push(self, t: float, kind: int, x: int, g: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, self.seq, kind, x, g))
+
+    def _set(self, x: int, state: NodeState, t: float) -> None:
+        self.gen[x] += 1
+        self.state[x] = state
+        free = self.cluster.cpus_per_node if state in (IDLE, STARTING) else 0
+        self.nodes[x] = Node(self.names[x], NODESET, state, t, free)
+
+    def _idle(self, x: int, t: float) -> None:
+        self._set(x, IDLE, t)
+        self.n_idle += 1
+        heapq.heappush(self.idle_heap, x)
+        if self.spec.idle_timeout < math.inf:
+            self._push(_after(t, self.spec.idle_timeout), _WAKE, x, self.gen[x])
+
+    def _remove(self, x: int, t: float) -> None:
+        self.job_on[x] = -1
+        self._set(x, DRAINING, t)
+        self._push(t + self.cluster.stop_time, _GONE, x, self.gen[x])
+
+    # ----- jobs -----
+
+    def _submit(self, j: int, t: float) -> None:
+        tj = self.jobs[j]
+        cpn = -(-tj.procs // self.k[j])
+        self.job_objs[j] = Job(tj.id, NODESET, self.k[j], cpn, False, tj.submit, True, exclusive=True)
+        self.queue.append(j)
+        self.demand += tj.procs
+
+    def _start(self, j: int, t: float) -> None:
+        got = []
+        heap = self.idle_heap
+        while len(got) < self.k[j]:
+            x = heapq.heappop(heap)
+            if self.state[x] is IDLE and x not in got:
+                got.append(x)
+        for x in got:
+            self.job_on[x] = j
+            self._set(x, BUSY, t)
+        self.n_idle -= len(got)
+        self.busy += len(got)
+        self.running[j] = got
+        self.usable[j] = len(got)
+        insort(self.by_end, (t + self.est[j], j))
+        self.start[j] = t
+        old = self.job_objs[j]
+        assert old is not None
+        self.job_objs[j] = Job(old.id, NODESET, old.nodes, old.cpus_per_node, True, old.submit_time, False,
+                               tuple(self.names[x] for x in got), exclusive=True)
+        self._push(t + self.run_t[j], _END, j)
+
+    def _release(self, j: int, t: float) -> None:
+        """Job j leaves its nodes: they serve again, or go if they were draining."""
+        got = self.running.pop(j)
+        del self.usable[j]
+        by_end = self.by_end
+        del by_end[bisect_left(by_end, (self.start[j] + self.est[j], j))]
+        self.job_objs[j] = None
+        self.demand -= self.jobs[j].procs
+        for x in got:
+            if self.job_on[x] != j:
+                continue  # already taken away (a killing stop)
+            self.busy -= 1
+            if self.state[x] is BUSY:
+                self.job_on[x] = -1
+                self._idle(x, t)
+            else:
+                self._remove(x, t)
+
+    # ----- the batch scheduler -----
+
+    def _reservation(self, need: int, t: float) -> tuple[float, int]:
+        """EASY: when the head job can start by running jobs' estimates, and nodes spare at that time."""
+        avail = self.n_idle
+        for end, j in self.by_end:
+            avail += self.usable[j]
+            if avail >= need:
+                return max(end, t), avail - need
+        # Not enough nodes up even once all running jobs end: no reservation, as Slurm does while nodes are down.
+        return math.inf, 0
+
+    def _schedule(self, t: float) -> None:
+        q, k = self.queue, self.k
+        i = 0
+        while i < len(q) and k[q[i]] <= self.n_idle:
+            self._start(q[i], t)
+            i += 1
+        if i == len(q) or self.n_idle == 0:
+            del q[:i]
+            return
+        shadow, extra = self._reservation(k[q[i]], t)
+        keep = [q[i]]
+        est = self.est
+        for pos in range(i + 1, len(q)):
+            j = q[pos]
+            if k[j] <= self.n_idle:
+                before = t + est[j] <= shadow
+                if before or k[j] <= extra:
+                    self._start(j, t)
+                    if not before:
+                        extra -= k[j]
+                    if self.n_idle == 0:
+                        keep += q[pos + 1 :]
+                        break
+                    continue
+            keep.append(j)
+        self.queue = keep
+
+    # ----- the policy -----
+
+    def _decide(self, t: float) -> None:
+        jobs = tuple(map(self.job_objs.__getitem__, self.queue)) + tuple(map(self.job_objs.__getitem__, self.running))
+        snap = Snapshot(t, (self.spec,), tuple(self.nodes), jobs, self.resume_timeout)  # type: ignore[arg-type]
+        plan = self.policy(snap)
+        self.calls += 1
+        state = self.state
+        for stop in plan.stop:
+            x = self.index[stop.node]
+            s = state[x]
+            if s is ABSENT or s is DRAINING:
+                continue
+            if s is IDLE:
+                self.n_idle -= 1
+                self._remove(x, t)
+            elif s is STARTING:
+                self._remove(x, t)
+            elif stop.failed:
+                # The controller deletes such a node at once: its job dies with it.
+                j = self.job_on[x]
+                self.killed += 1
+                self.busy -= 1
+                self._remove(x, t)
+                self._release(j, t)
+            else:
+                self._set(x, DRAINING, t)
+                self.usable[self.job_on[x]] -= 1
+        for start in plan.start:
+            x = self.index[start.node]
+            if state[x] is not ABSENT:
+                raise SimulationError(f"policy {self.name} started {start.node}, which is {state[x].value}")
+            self._set(x, STARTING, t)
+            self.provisioned += 1
+            self.node_starts += 1
+            self._push(t + self.cluster.boot_time, _READY, x, self.gen[x])
+
+    # ----- the loop -----
+
+    def _record(self, t: float) -> None:
+        tt, demand, prov, busy = self.timeline
+        if tt and demand[-1] == self.demand and prov[-1] == self.provisioned and busy[-1] == self.busy:
+            return
+        tt.append(t)
+        demand.append(self.demand)
+        prov.append(self.provisioned)
+        busy.append(self.busy)
+
+    def run(self) -> Run:
+        n = len(self.jobs)
+        t = self.sub[0] - self.cluster.boot_time if n else 0.0
+        begin = last = t
+        # A warm start: nodes the policy wants before any job (static, min_nodes) are up when the log begins.
+        self._decide(t)
+        self._record(t)
+        events, sub, gen = self.events, self.sub, self.gen
+        i = 0
+        while i < n or self.queue or self.running:
+            nxt = sub[i] if i < n else math.inf
+            if events and events[0][0] <= nxt:
+                nxt = events[0][0]
+            if nxt == math.inf:
+                break  # jobs left waiting for nodes no policy will start
+            t = nxt
+            self.node_seconds += self.provisioned * (t - last)
+            last = t
+            changed = woke = False
+            while i < n and sub[i] == t:
+                self._submit(i, t)
+                i += 1
+                changed = True
+                if self.progress and i % 4096 == 0:
+                    self.progress(i)
+            while events and events[0][0] == t:
+                _, _, kind, x, g = heapq.heappop(events)
+                if kind == _END:
+                    if x in self.running:  # else killed earlier
+                        self._release(x, t)
+                        changed = True
+                elif gen[x] != g:
+                    continue
+                elif kind == _READY:
+                    self._idle(x, t)
+                    changed = True
+                elif kind == _GONE:
+                    self._set(x, ABSENT, t)
+                    self.provisioned -= 1
+                    woke = True
+                else:
+                    woke = True
+            if changed:
+                self._schedule(t)
+            if changed or woke:
+                self._decide(t)
+                self._record(t)
+        if self.progress:
+            self.progress(n)
+        return Run(
+            self.name, self.cluster, self.jobs, self.k, self.start, begin, t, self.node_seconds,
+            self.node_starts, self.killed, self.calls, self.timeline,
+        )
+
+
+def simulate(
+    jobs: Sequence[TraceJob],
+    cluster: ClusterModel,
+    policy: Policy,
+    idle_timeout: float,
+    name: str = "policy",
+    progress: Callable[[int], None] | None = None,
+) -> Run:
+    return Simulation(jobs, cluster, policy, idle_timeout, name, progress).run()
