@@ -1,0 +1,136 @@
+"""OAR through the same controller, policy and provider: Appendix C and Table 10.1 (thesis l.2112-2132, l.4254-4620)."""
+
+import pytest
+
+from tests.live.cluster import EXAMPLES, wait_for
+from tests.live.oar import OarCluster
+
+CONFIG = {"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "idle_timeout": 4}]}
+PINNED = {"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 4, "cpus": 2, "idle_timeout": 600}]}
+
+
+@pytest.fixture
+def make_oar(tmp_path):
+    made = []
+
+    def make(config):
+        import uuid
+
+        c = OarCluster(f"o-{uuid.uuid4().hex[:6]}", config, tmp_path)
+        made.append(c)
+        c.up()
+        return c
+
+    yield make
+    for c in made:
+        c.down()
+
+
+def test_appendix_c_walkthrough_with_oar(make_oar):
+    c = make_oar(CONFIG)
+    assert c.containers() == set()
+    assert c.capacity() == {f"hpc-node-{i}": {"Absent"} for i in range(3)}
+    # An impossible request is refused at submission, since the whole capacity is registered.
+    out = c.as_user('oarsub -l /host=4/core=1 "true"', check=False)
+    assert "no resource" in out.lower() or "There are not enough resources" in out or "Bad resource request" in out, out
+
+    job1 = c.oarsub("sleep infinity", "/host=1/core=2")
+    c.wait_job(job1, {"RUNNING"}, 60)
+    (node1,) = c.job_nodes(job1)
+    assert c.containers() == {node1} and c.capacity()[node1] == {"Alive"}
+
+    job2 = c.oarsub("sleep infinity", "/host=1/core=2")
+    c.wait_job(job2, {"RUNNING"}, 60)
+    (node2,) = c.job_nodes(job2)
+    assert node2 != node1 and c.containers() == {node1, node2}
+
+    c.cancel(job1)
+    wait_for(lambda: c.containers() == {node2}, 60, f"{node1} removed")
+    assert c.job_state(job2) == "RUNNING"
+    assert c.capacity()[node1] == {"Absent"}
+    kinds = [(e["kind"], e.get("node")) for e in c.events()]
+    for kind in ("requested", "started", "registered", "busy", "draining", "removed"):
+        assert (kind, node1) in kinds, (kind, kinds)
+    c.cancel(job2)
+
+
+class Kind:
+    def __init__(self, c: OarCluster, kind: str) -> None:
+        self.c, self.kind = c, kind
+        self.nodes = 1 if kind == "sleep" else 2
+        if kind == "mpi":
+            (c.shared / "pi.c").write_text((EXAMPLES / "pi.c").read_text())
+            c.as_user("mpicc -O2 -o pi pi.c")
+
+    def submit(self, hold: int = 0, *options: str) -> str:
+        if self.kind == "sleep":
+            return self.c.oarsub(f"sleep {hold}; echo sleep-done on \\$(hostname)", "/host=1/core=2", *options)
+        # The OAR way: mpirun over the job's node file, with oarsh as the remote shell.
+        cmd = f"mpirun -machinefile \\$OAR_NODEFILE -mca plm_rsh_agent oarsh -mca btl_tcp_if_include eth0 ./pi 2000000 {hold}"
+        return self.c.oarsub(cmd, "/host=2/core=2", *options)
+
+    def check_completed(self, jobid: str) -> None:
+        state = self.c.wait_job(jobid, {"COMPLETED", "FAILED"}, 120)
+        out = (self.c.shared / f"OAR.{jobid}.stdout").read_text()
+        info = self.c.job(jobid)
+        assert state == "COMPLETED" and str(info.get("exit_code")) == "0", (info, out)
+        if self.kind == "sleep":
+            assert "sleep-done on hpc-node-" in out
+        else:
+            assert "pi is approximately 3.1" in out, out
+            assert len({line.split(" on ")[1] for line in out.splitlines() if line.startswith("rank ")}) == 2, out
+
+
+@pytest.fixture(params=["sleep", "mpi"])
+def kind(request, make_oar):
+    return Kind(make_oar(PINNED), request.param)
+
+
+def test_1_pending_job_runs_when_nodes_are_added(kind):
+    c = kind.c
+    c.scale("compute", 0)
+    job = kind.submit(0)
+    wait_for(lambda: c.job(job).get("state") == "Waiting", 10, "the job to wait")
+    assert c.containers() == set()
+    c.scale("compute", kind.nodes)
+    kind.check_completed(job)
+
+
+def test_2_pending_job_survives_removal_of_free_nodes(kind):
+    c = kind.c
+    c.scale("compute", 2)
+    blocker = c.oarsub("sleep infinity", "/host=1/core=2")
+    c.wait_job(blocker, {"RUNNING"})
+    busy = c.job_nodes(blocker)
+    job = kind.submit(0) if kind.kind == "mpi" else kind.submit(0, f"-a {blocker}")
+    wait_for(lambda: c.job(job).get("state") == "Waiting", 10, "the job to wait")
+    c.scale("compute", 1)
+    assert c.containers() == busy
+    assert c.job(job).get("state") == "Waiting" and c.job_state(blocker) == "RUNNING"
+    if kind.kind == "mpi":
+        c.scale("compute", 3)
+    else:
+        c.cancel(blocker)
+    kind.check_completed(job)
+    c.cancel(blocker) if c.job_state(blocker) == "RUNNING" else None
+
+
+def test_3_running_job_survives_nodes_being_added(kind):
+    c = kind.c
+    c.scale("compute", kind.nodes)
+    job = kind.submit(8)
+    c.wait_job(job, {"RUNNING"}, 60)
+    c.scale("compute", kind.nodes + 2)
+    assert len(c.containers()) == kind.nodes + 2 and c.job_state(job) == "RUNNING"
+    kind.check_completed(job)
+
+
+def test_4_running_job_survives_removal_of_free_nodes(kind):
+    c = kind.c
+    c.scale("compute", kind.nodes + 2)
+    job = kind.submit(8)
+    c.wait_job(job, {"RUNNING"}, 60)
+    used = c.job_nodes(job)
+    c.scale("compute", kind.nodes)
+    assert c.containers() == used and c.job_state(job) == "RUNNING"
+    kind.check_completed(job)
