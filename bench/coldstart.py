@@ -4,13 +4,14 @@ cold: no node exists when `sbatch` is called; warm: an idle node exists. The tim
 `sbatch` runs to the first line of the job script running on its node (the job writes its own clock;
 nodes share the host's clock). Prints median, p95 and the cold/warm ratio.
 
-    python bench/coldstart.py [--runs 10] [--nodes 1]
+    python bench/coldstart.py [--scheduler slurm|oar] [--runs 10] [--nodes 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import statistics
 import subprocess
 import sys
@@ -34,24 +35,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--nodes", type=int, default=1, help="nodes per job (cold start creates all of them)")
+    ap.add_argument("--scheduler", choices=["slurm", "oar"], default="slurm")
     args = ap.parse_args()
 
     name = f"bench-{uuid.uuid4().hex[:4]}"
     cfg = Path(f"/tmp/{name}.yaml")
     ns = {"name": "compute", "name_base": "hpc-node", "max_nodes": max(2, args.nodes), "cpus": 2, "memory_mb": 512, "idle_timeout": 3600}
-    cfg.write_text(yaml.safe_dump({"name": name, "nodesets": [ns]}))
+    cfg.write_text(yaml.safe_dump({"name": name, "scheduler": args.scheduler, "nodesets": [ns]}))
     accordion("up", "-f", str(cfg))
     shared = Path("/srv/accordion") / name
+    shared.chmod(0o1777)
     nodes_dir = Path("/run/accordion") / name / "nodes"
-    env = os.environ | {"SLURM_CONF": f"/var/lib/accordion/{name}/scheduler/slurm.conf"}
-    enter = ["nsenter", f"--net=/run/netns/acc.{name}"]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from accordion.cluster import Cluster
+
+    cluster = Cluster.load(name)
+    env = os.environ | cluster.scheduler.env()
+    enter = cluster.provider.enter() + cluster.scheduler.wrap()
+    if args.scheduler == "oar":
+        user = pwd.getpwnam("hpcuser")  # OAR refuses root's jobs
+        enter += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
 
     def start_latency(i: int, label: str) -> float:
         stamp = shared / f"{label}-{i}.t"
         script = shared / "stamp.sh"
-        script.write_text(f"#!/bin/bash\ndate +%s.%N > $1\n")
+        script.write_text("#!/bin/bash\ndate +%s.%N > $1\n")
+        script.chmod(0o755)
+        if args.scheduler == "slurm":
+            submit = ["sbatch", "-Q", f"-N{args.nodes}", "-o", "/dev/null", str(script), str(stamp)]
+        else:
+            submit = ["oarsub", "-q", "default", "-l", f"/host={args.nodes}/core=1", "-O", "/dev/null", "-E", "/dev/null", f"{script} {stamp}"]
         t0 = time.time()
-        subprocess.run(enter + ["sbatch", "-Q", f"-N{args.nodes}", "-o", "/dev/null", str(script), str(stamp)], env=env, check=True)
+        subprocess.run(enter + submit, env=env, check=True, capture_output=True, cwd=shared)
         deadline = time.monotonic() + 60
         while not (stamp.exists() and stamp.read_text().strip()):
             if time.monotonic() > deadline:
@@ -82,7 +97,7 @@ def main() -> None:
         accordion("down", "-c", name)
         cfg.unlink(missing_ok=True)
     cm, wm = statistics.median(cold), statistics.median(warm)
-    print(f"\n{args.nodes}-node job, {args.runs} runs each (sbatch -> job script running)")
+    print(f"\n{args.scheduler}, {args.nodes}-node job, {args.runs} runs each (submission -> job script running)")
     print(f"cold start: median {cm:.3f} s, p95 {p95(cold):.3f} s, min {min(cold):.3f} s, max {max(cold):.3f} s")
     print(f"warm start: median {wm:.3f} s, p95 {p95(warm):.3f} s, min {min(warm):.3f} s, max {max(warm):.3f} s")
     print(f"cold/warm ratio (medians): {cm / wm:.2f}")

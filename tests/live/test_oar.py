@@ -32,7 +32,7 @@ def test_appendix_c_walkthrough_with_oar(make_oar):
     assert c.capacity() == {f"hpc-node-{i}": {"Absent"} for i in range(3)}
     # An impossible request is refused at submission, since the whole capacity is registered.
     out = c.as_user('oarsub -l /host=4/core=1 "true"', check=False)
-    assert "no resource" in out.lower() or "There are not enough resources" in out or "Bad resource request" in out, out
+    assert "There are not enough resources for your request" in out and "OAR_JOB_ID=-5" in out, out
 
     job1 = c.oarsub("sleep infinity", "/host=1/core=2")
     c.wait_job(job1, {"RUNNING"}, 60)

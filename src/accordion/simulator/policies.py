@@ -64,11 +64,12 @@ class CHSC:
 
 
 def powersave(snapshot: Snapshot) -> Plan:
-    """Slurm power saving: jobs at the head of the queue that would fit if powered-off nodes were up get
-    exactly the nodes they would be allocated resumed; nodes idle for SuspendTime (600 s) are suspended.
+    """Slurm power saving: a waiting job that would fit if powered-off nodes were up gets exactly the nodes
+    it would be allocated resumed; nodes idle for SuspendTime (600 s) are suspended.
 
-    The scheduler's choice is modelled as whole-node FCFS down to the first job that cannot fit even
-    with every powered-off node up (no backfilling onto powered-off nodes).
+    Slurm counts powered-off nodes as available, so its backfilling allocates them to jobs behind a blocked
+    head too. A snapshot carries no time limits, so the allocation is modelled as whole-node first fit in
+    FCFS order: each job takes idle and resuming nodes left by the jobs ahead of it, then powered-off ones.
     """
     plan = Plan()
     for spec in snapshot.nodesets:
@@ -83,7 +84,7 @@ def powersave(snapshot: Snapshot) -> Plan:
                 continue
             more = job.nodes - free
             if more > len(absent):
-                break
+                continue
             plan.start += [Start(n.name, spec.name, f"job {job.id} allocated") for n in absent[:more]]
             absent, free = absent[more:], 0
         plan.stop += stops
