@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
 
 _INDEX = re.compile(r"(\d+)$")
 
 
+@lru_cache(maxsize=1 << 16)  # the simulator sorts the same names hundreds of thousands of times
 def node_order(name: str) -> tuple[str, int]:
     match = _INDEX.search(name)
     return (name[: match.start()], int(match.group(1))) if match else (name, -1)
