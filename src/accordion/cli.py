@@ -151,6 +151,7 @@ def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
         "scheduler": c.config.scheduler,
         "provider": c.config.provider,
         "controller": "running" if c.controller_pid() else "stopped",
+        "metrics": c.metrics_url(),
         "updated": st.get("ts"),
         "nodesets": sets,
         "events": events,
@@ -309,10 +310,15 @@ def list_() -> None:
 def controller(cluster: ClusterOpt = None) -> None:
     """Run the controller loop in the foreground (`accordion up` starts it in the background)."""
     from accordion.controller import Controller, serve
+    from accordion.metrics import Metrics
 
     c = _load(cluster)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {c.config.name} %(levelname)s %(message)s")
-    serve(Controller(c.config, c.paths, c.scheduler, c.provider, c.events))
+    metrics = Metrics(c.config.name)
+    port = metrics.serve(c.config.controller.metrics_port)
+    (c.paths.run / "metrics.port").write_text(f"{port}\n")
+    logging.info("metrics on http://127.0.0.1:%d/metrics", port)
+    serve(Controller(c.config, c.paths, c.scheduler, c.provider, c.events, metrics=metrics))
 
 
 def main() -> None:

@@ -67,9 +67,9 @@ class Cluster:
 
     def start_controller(self) -> None:
         if self.controller_pid() is None:
-            # Inside the cluster's network, so its scheduler commands need no namespace switch each time.
+            # In the host's network, so that its /metrics endpoint is reachable on the host's loopback.
             daemons.spawn(
-                self.provider.enter() + self.scheduler.wrap() + [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
+                self.scheduler.wrap() + [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
                 self.paths.logs / "controller.log",
                 self.controller_pidfile,
             )
@@ -148,6 +148,12 @@ class Cluster:
                 root.rmdir()
             except OSError:
                 pass
+
+    def metrics_url(self) -> str | None:
+        try:
+            return f"http://127.0.0.1:{int((self.paths.run / 'metrics.port').read_text())}/metrics"
+        except (OSError, ValueError):
+            return None
 
     def status(self) -> dict[str, object]:
         status = read_json(self.paths.state / "status.json", {})

@@ -68,6 +68,8 @@ class ControllerSettings(BaseModel):
     # on a change, while nodes start or drain, and at least every resync_interval.
     poll_interval: Seconds = Field(default=0.1, gt=0, le=60)
     resync_interval: Seconds = Field(default=2.0, gt=0, le=600)
+    # Prometheus /metrics on 127.0.0.1 of the host; 0 picks a free port (see `accordion status --json`).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     resume_timeout: Seconds = Field(default=30.0, gt=0, le=3600)
     max_start_failures: int = Field(default=3, ge=1, le=100)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from accordion import policy
 from accordion.config import ClusterConfig
 from accordion.events import EventLog
+from accordion.metrics import Metrics, reason_kind
 from accordion.model import Node, NodeSetSpec, NodeState, Plan, SchedState, SchedulerView, Snapshot
 from accordion.paths import ClusterPaths
 from accordion.providers.base import NodeInfo, Provider, ProviderError
@@ -44,6 +45,7 @@ class Controller:
         provider: Provider,
         events: EventLog,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.paths = paths
@@ -51,6 +53,8 @@ class Controller:
         self.provider = provider
         self.events = events
         self.clock = clock
+        self.metrics = metrics
+        self.requested_at: dict[str, float] = {}
         self.nodeset_of = {n: ns.name for ns in config.nodesets for n in ns.node_names()}
         saved = read_json(paths.controller_state, {})
         self.failures: dict[str, int] = dict(saved.get("failures", {})) if isinstance(saved, dict) else {}
@@ -138,8 +142,13 @@ class Controller:
             else:
                 self.scheduler.release(stop.node, stop.reason)
                 self.events.emit("draining", stop.node, stop.nodeset, stop.reason)
+            if self.metrics:
+                self.metrics.scale_downs.labels(self.config.name, stop.nodeset, reason_kind(stop.reason)).inc()
         for start in plan.start:
             self.events.emit("requested", start.node, start.nodeset, start.reason)
+            self.requested_at[start.node] = snap.now
+            if self.metrics:
+                self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
             try:
                 self.provider.create(self.scheduler.node_spec(start.node))
             except (ProviderError, OSError, RuntimeError) as exc:
@@ -158,6 +167,9 @@ class Controller:
                     self.events.emit("registered", n.name, n.nodeset, f"{snap.now - n.since:.2f} s after start" if before == NodeState.STARTING else "")
                     if self.failures.pop(n.name, None):
                         self._save()
+                    asked = self.requested_at.pop(n.name, None)
+                    if asked is not None and self.metrics:
+                        self.metrics.provision.labels(self.config.name, n.nodeset).observe(snap.now - asked)
                 if n.state == NodeState.BUSY:
                     self.events.emit("busy", n.name, n.nodeset)
                 elif n.state == NodeState.IDLE and before == NodeState.BUSY:
@@ -186,6 +198,7 @@ class Controller:
             self._status_blob, self._status_written = blob, snap.now
 
     def step(self) -> Plan:
+        t0 = time.monotonic()
         view = self.scheduler.observe()
         containers = self.provider.list()
         self._reconcile(view, containers)
@@ -196,6 +209,9 @@ class Controller:
         self._act(plan, snap)
         self.last_plan = plan
         self._write_status(snap)
+        if self.metrics:
+            self.metrics.update(snap)
+            self.metrics.loop.labels(self.config.name).observe(time.monotonic() - t0)
         return plan
 
     def _token(self) -> object:
@@ -223,6 +239,8 @@ class Controller:
                     )
                 except Exception:
                     log.exception("controller step failed; retrying")
+                    if self.metrics:
+                        self.metrics.errors.labels(self.config.name).inc()
                     stop.wait(1.0)
             stop.wait(settings.poll_interval)
         self.events.emit("controller", reason="stopped")

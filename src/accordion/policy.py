@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
 
@@ -42,7 +43,7 @@ def _fit(job: Job, slots: list[_Slot], cpus: int, room: int) -> tuple[list[_Slot
     need = _per_node(job, cpus)
     if need > cpus:
         return None
-    usable = [s for s in slots if s.free >= need][: job.nodes]
+    usable = list(islice((s for s in slots if s.free >= need), max(job.nodes, 0)))
     new = job.nodes - len(usable)
     if new > room:
         return None
@@ -85,8 +86,14 @@ def decide_nodeset(spec: NodeSetSpec, nodes: list[Node], jobs: list[Job], now: f
         key=lambda j: (j.submit_time, node_order(j.id)),
     )
     blocked = False  # a job that could run here once busy nodes free up: keep idle nodes for it
+    # A slot with less room than every waiting job needs is never used again: not keeping it, and stopping
+    # once nothing can fit any more, keeps long queues on large clusters cheap (the simulator's hot path).
+    smallest = min((_per_node(j, spec.cpus) for j in waiting), default=0)
     for job in waiting:
-        fit = _fit(job, slots, spec.cpus, room - len(new_reasons))
+        left = room - len(new_reasons)
+        if blocked and left == 0 and not any(s.free >= smallest for s in slots):
+            break
+        fit = _fit(job, slots, spec.cpus, left)
         if fit is None:
             blocked = blocked or (_per_node(job, spec.cpus) <= spec.cpus and job.nodes <= spec.max_nodes)
             continue
@@ -96,9 +103,10 @@ def decide_nodeset(spec: NodeSetSpec, nodes: list[Node], jobs: list[Job], now: f
             s.free -= need
             if s.node is not None:
                 wanted.add(s.node)
+        what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
         for _ in range(new):
-            slots.append(_Slot(None, spec.cpus - need))
-            what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
+            if spec.cpus - need >= smallest:
+                slots.append(_Slot(None, spec.cpus - need))
             new_reasons.append(f"job {job.id} needs {what}")
     while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
         new_reasons.append(f"min_nodes is {spec.min_nodes}")

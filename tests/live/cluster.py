@@ -81,6 +81,20 @@ class LiveCluster:
                 return ns["node_states"]
         raise KeyError(nodeset)
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the controller's Prometheus endpoint."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = self.status()["metrics"]
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        raise KeyError(f"{name}{labels} not in {url}")
+
     def containers(self) -> set[str]:
         d = Path("/run/accordion") / self.name / "nodes"
         return {p.name for p in d.iterdir()} if d.is_dir() else set()

@@ -9,7 +9,9 @@ def test_appendix_c_walkthrough(make_cluster):
     c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "idle_timeout": 4}]})
 
     # No nodes at start, but the whole capacity is visible to users.
+    busy = lambda: c.metric("accordion_nodes", nodeset="compute", state="busy")  # noqa: E731
     assert c.containers() == set()
+    assert busy() == 0 and c.metric("accordion_nodeset_max_nodes", nodeset="compute") == 3
     assert c.sinfo() == {"hpc-node-0": "down", "hpc-node-1": "down", "hpc-node-2": "down"}
 
     # A job waits, a node appears, the job runs on it.
@@ -18,6 +20,7 @@ def test_appendix_c_walkthrough(make_cluster):
     node1 = c.job(job1)["NodeList"]
     assert c.containers() == {node1}
     assert c.sinfo()[node1] == "allocated"
+    wait_for(lambda: busy() == 1, 10, "metrics: 1 busy node")
 
     # A second job: a second node.
     job2 = c.sbatch(INFINITE, "-N1", "-c2", name="infinite2")
@@ -25,12 +28,17 @@ def test_appendix_c_walkthrough(make_cluster):
     node2 = c.job(job2)["NodeList"]
     assert node2 != node1
     assert c.containers() == {node1, node2}
+    wait_for(lambda: busy() == 2, 10, "metrics: 2 busy nodes")
+    assert c.metric("accordion_scale_up_total", nodeset="compute", reason="demand") == 2
+    assert c.metric("accordion_provision_seconds_count", nodeset="compute") == 2
 
     # Cancel job 1: its node is removed after the idle timeout; job 2 keeps running.
     c.sh(f"scancel {job1}")
     wait_for(lambda: c.containers() == {node2}, 30, f"{node1} removed")
     assert c.job_state(job2) == "RUNNING"
     assert c.sinfo()[node1] == "down" and c.sinfo()[node2] == "allocated"
+    wait_for(lambda: busy() == 1 and c.metric("accordion_nodes", nodeset="compute", state="absent") == 2, 10, "metrics: back to 1 busy")
+    assert c.metric("accordion_scale_down_total", nodeset="compute", reason="idle") == 1
 
     kinds = [(e["kind"], e.get("node")) for e in c.events()]
     for kind in ("requested", "started", "registered", "busy", "idle", "draining", "removed"):
