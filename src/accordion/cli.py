@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from accordion.cluster import Cluster, ClusterError
 from accordion.config import ConfigError, load_config
@@ -161,16 +162,31 @@ def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
 @app.command()
 def status(
     cluster: ClusterOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (schema: docs/status-schema.json).")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until interrupted.")] = False,
 ) -> None:
     """Node sets, nodes and their states, queue summary and recent events."""
     c = _load(cluster)
-    doc = status_document(c)
     if as_json:
-        out.print_json(json.dumps(doc))
+        out.print_json(json.dumps(status_document(c)))
         return
+    if not watch:
+        out.print(_status_view(status_document(c)))
+        return
+    from rich.live import Live
+
+    with Live(_status_view(status_document(c)), console=out, refresh_per_second=2, screen=False) as live:
+        try:
+            while True:
+                time.sleep(1)
+                live.update(_status_view(status_document(c)))
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_view(doc: dict) -> Group:
     ctl = "[green]running[/]" if doc["controller"] == "running" else "[red]stopped[/]"
-    out.print(f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}")
+    parts: list[object] = [f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}"]
     table = Table("set", "scaling", "max", "start", "idle", "busy", "drain", "fail", "run", "wait", "CPUs wait")
     for s in doc["nodesets"]:
         n = s["nodes"]
@@ -178,16 +194,16 @@ def status(
             s["name"], s["scaling"], str(s["max_nodes"]), str(n["starting"]), str(n["idle"]), str(n["busy"]),
             str(n["draining"]), str(n["failed"]), str(s["running_jobs"]), str(s["pending_jobs"]), str(s["pending_cpus"]),
         )
-    out.print(table)
+    parts.append(table)
     for s in doc["nodesets"]:
         if s["node_states"]:
-            out.print(f"  {s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["node_states"].items()))
+            parts.append(f"  {s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["node_states"].items()))
         if s["pending_reasons"]:
-            out.print(f"  {s['name']} waiting: " + "; ".join(s["pending_reasons"]))
+            parts.append(f"  {s['name']} waiting: " + "; ".join(s["pending_reasons"]))
     if doc["events"]:
-        out.print("[bold]recent events[/]")
-        for e in doc["events"]:
-            out.print("  " + _format_event(e), highlight=False)
+        parts.append("[bold]recent events[/]")
+        parts += [Text("  " + _format_event(e)) for e in doc["events"]]
+    return Group(*parts)
 
 
 def _format_event(e: dict[str, object]) -> str:

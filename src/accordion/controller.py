@@ -8,6 +8,7 @@ controller killed at any point and restarted finds the same cluster and neither 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -180,8 +181,6 @@ class Controller:
         write_json(self.paths.controller_state, {"failures": self.failures})
 
     def _write_status(self, snap: Snapshot) -> None:
-        import json
-
         blob = json.dumps(
             {
                 "nodes": [{"name": n.name, "nodeset": n.nodeset, "state": n.state.value, "since": n.since} for n in snap.nodes],
@@ -195,7 +194,26 @@ class Controller:
         )
         if blob != self._status_blob or snap.now - self._status_written > 2:
             write_json(self.paths.state / "status.json", {"ts": snap.now, **json.loads(blob)})
+            if blob != self._status_blob:
+                self._sample(snap)
             self._status_blob, self._status_written = blob, snap.now
+
+    def _sample(self, snap: Snapshot) -> None:
+        """One line of the time series `accordion report` plots, written only when something changed."""
+        sets = {}
+        for spec in snap.nodesets:
+            nodes = [n for n in snap.nodes if n.nodeset == spec.name]
+            waiting = [j for j in snap.jobs if j.nodeset == spec.name and not j.running and j.wants_resources]
+            sets[spec.name] = {
+                "provisioned": sum(1 for n in nodes if n.state not in (NodeState.ABSENT, NodeState.FAILED)),
+                "busy": sum(1 for n in nodes if n.state == NodeState.BUSY),
+                "pending_cpus": sum(j.nodes * j.cpus_per_node for j in waiting),
+                "pending_jobs": len(waiting),
+                "max": spec.max_nodes,
+            }
+        line = json.dumps({"ts": round(snap.now, 3), "nodesets": sets}, separators=(",", ":")) + "\n"
+        with open(self.paths.state / "samples.jsonl", "a") as f:
+            f.write(line)
 
     def step(self) -> Plan:
         t0 = time.monotonic()
