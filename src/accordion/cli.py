@@ -217,6 +217,33 @@ def _format_event(e: dict[str, object]) -> str:
 _SINCE = re.compile(r"^(\d+)([smhd])$")
 
 
+def _since(since: str | None) -> float:
+    if not since:
+        return 0.0
+    m = _SINCE.match(since)
+    if not m:
+        raise fail(f"--since: {since!r} is not a duration like 30s, 10m, 2h or 1d", 2)
+    return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@app.command()
+def report(
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
+    cluster: ClusterOpt = None,
+    since: Annotated[Optional[str], typer.Option(help="Only the last period, e.g. 1h, 30m (default: everything).")] = None,
+) -> None:
+    """An HTML report: demand, provisioned and busy nodes over time, scale events, provisioning latency."""
+    from accordion.report import build
+
+    c = _load(cluster)
+    page = build(c.config.name, [ns.name for ns in c.config.nodesets], c.paths.state, _since(since))
+    try:
+        output.write_text(page)
+    except OSError as exc:
+        raise fail(f"--output: cannot write {output}: {exc.strerror}", 2) from None
+    err.print(f"[green]✓[/] report written to {output}")
+
+
 @app.command()
 def events(
     cluster: ClusterOpt = None,
@@ -226,12 +253,7 @@ def events(
 ) -> None:
     """Print the event log (node requested/started/registered/idle/busy/draining/removed/failed)."""
     c = _load(cluster)
-    start = 0.0
-    if since:
-        m = _SINCE.match(since)
-        if not m:
-            raise fail(f"--since: {since!r} is not a duration like 30s, 10m, 2h or 1d", 2)
-        start = time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    start = _since(since)
     seen = 0
     while True:
         evs = list(read_events(c.paths.events, start))

@@ -119,3 +119,20 @@ class LiveCluster:
         (self.shared / "pi.c").write_text((EXAMPLES / "pi.c").read_text())
         self.sh(f"cd {self.shared} && mpicc -O2 -o pi pi.c")
         return self.shared / "pi"
+
+
+CHROMIUM = [
+    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def chromium(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Open a local page in headless Chromium (Debian's), with a fresh profile."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [*CHROMIUM, f"--user-data-dir={profile}", *args, page.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )

@@ -1,11 +1,13 @@
 """Appendix C of the thesis (l.4254-4620), with Slurm: nodes appear for waiting jobs, idle ones go."""
 
-from tests.live.cluster import wait_for
+import re
+
+from tests.live.cluster import accordion, chromium, wait_for
 
 INFINITE = "sleep infinity"
 
 
-def test_appendix_c_walkthrough(make_cluster):
+def test_appendix_c_walkthrough(make_cluster, tmp_path):
     c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "idle_timeout": 4}]})
 
     # No nodes at start, but the whole capacity is visible to users.
@@ -46,3 +48,15 @@ def test_appendix_c_walkthrough(make_cluster):
     removed = next(e for e in c.events() if e["kind"] == "removed" and e["node"] == node1)
     assert removed["reason"].startswith("idle ")
     c.sh(f"scancel {job2}")
+
+    # The report of this very run renders in a real browser: its script marks the page once both charts
+    # are in the DOM, so a script error or a broken page leaves no mark.
+    page = tmp_path / "report.html"
+    accordion("report", "-c", c.name, "-o", str(page))
+    text = page.read_text()
+    assert "4 nodes requested" not in text and "<b>2</b> nodes requested" in text and "<b>1</b> removed" in text
+    dom = chromium(page, "--dump-dom")
+    assert re.search(r'<body[^>]*data-rendered="1"', dom.stdout), dom.stdout[:500] + dom.stderr[-2000:]
+    shot = tmp_path / "report.png"
+    chromium(page, f"--screenshot={shot}", "--window-size=1000,900")
+    assert shot.stat().st_size > 10_000
