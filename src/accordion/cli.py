@@ -350,14 +350,95 @@ def controller(cluster: ClusterOpt = None) -> None:
     from accordion.controller import Controller, serve
     from accordion.metrics import Metrics
 
+    from accordion.logs import setup_logging
+
+    log = logging.getLogger("accordion.controller")
     c = _load(cluster)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {c.config.name} %(levelname)s %(message)s")
+    setup_logging(c.config.name, c.config.controller.log_format)
     metrics = Metrics(c.config.name)
     port = metrics.serve(c.config.controller.metrics_port)
     (c.paths.run / "metrics.port").write_text(f"{port}\n")
-    logging.info("metrics on http://127.0.0.1:%d/metrics", port)
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
     serve(Controller(c.config, c.paths, c.scheduler, c.provider, c.events, metrics=metrics))
 
 
 def main() -> None:
     app()
+
+
+@app.command()
+def simulate(
+    trace: Annotated[Path, typer.Argument(help="Job log: SWF (plain or .gz) or a `sacct --parsable2` export.", show_default=False)],
+    policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies: static, chsc, powersave, accordion.")] = "static,chsc,powersave,accordion",
+    nodes: Annotated[Optional[int], typer.Option(help="Max nodes (default: the trace header's MaxNodes).")] = None,
+    cpus_per_node: Annotated[Optional[int], typer.Option(help="CPUs per node (default: MaxProcs // MaxNodes).")] = None,
+    min_nodes: Annotated[int, typer.Option(help="Nodes elastic policies keep up.")] = 0,
+    boot_time: Annotated[float, typer.Option(help="Seconds from starting a node to running jobs on it (measured cold start).")] = 0.8,
+    stop_time: Annotated[float, typer.Option(help="Seconds a removed node takes to disappear.")] = 0.2,
+    idle_timeout: Annotated[Optional[float], typer.Option(help="Idle seconds before the accordion policy removes a node (default 60, the live default).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Replay only the first N jobs.")] = None,
+    start_day: Annotated[float, typer.Option(help="Skip the jobs submitted in the first D days.")] = 0.0,
+    days: Annotated[Optional[float], typer.Option(help="Replay only jobs submitted within D days from --start-day.")] = None,
+    skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="Count and skip malformed lines instead of stopping.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write an HTML report (charts over time, wait distributions) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """What if this job log had run on an elastic cluster? Replay it under scaling policies, side by side."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from accordion.simulator.metrics import summarize
+    from accordion.simulator.policies import POLICIES
+    from accordion.simulator.report import ROWS, fmt, workload_lines, write_report
+    from accordion.simulator.traces import TraceError
+    from accordion.simulator.workload import prepare, run_policy
+
+    names = [p.strip() for p in policy.split(",") if p.strip()]
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown or not names:
+        raise fail(f"--policy: unknown policy {', '.join(unknown) or '(none)'}; choose from {', '.join(POLICIES)}", 2)
+    checks = [
+        (nodes is None or nodes > 0, "--nodes must be positive"),
+        (cpus_per_node is None or cpus_per_node > 0, "--cpus-per-node must be positive"),
+        (min_nodes >= 0 and (nodes is None or min_nodes <= nodes), "--min-nodes must be between 0 and --nodes"),
+        (boot_time >= 0 and stop_time >= 0, "--boot-time and --stop-time cannot be negative"),
+        (idle_timeout is None or idle_timeout >= 0, "--idle-timeout cannot be negative"),
+        (limit is None or limit > 0, "--limit must be positive"),
+        (start_day >= 0 and (days is None or days > 0), "--start-day cannot be negative and --days must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise fail(message, 2)
+    if report is not None and not report.parent.is_dir():
+        raise fail(f"--report: directory {report.parent} does not exist", 2)
+    try:
+        with err.status(f"reading {trace}"):
+            work = prepare(trace, nodes, cpus_per_node, start_day, days, limit, skip_bad_lines,
+                           min_nodes=min_nodes, boot_time=boot_time, stop_time=stop_time)
+    except TraceError as exc:
+        raise fail(str(exc)) from None
+    if work.cluster.min_nodes > work.cluster.max_nodes:
+        raise fail(f"--min-nodes {min_nodes} is more than the cluster's {work.cluster.max_nodes} nodes", 2)
+    if not work.jobs:
+        raise fail(f"{trace}: no job to replay (check --start-day/--days/--limit)")
+    runs = []
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=len(work.jobs) < 5000) as progress:
+        for name in names:
+            task = progress.add_task(name, total=len(work.jobs))
+            runs.append(run_policy(work, name, idle_timeout if name == "accordion" else None,
+                                   lambda done, task=task: progress.update(task, completed=done)))
+    metrics = [summarize(r) for r in runs]
+    if report is not None:
+        write_report(report, work, runs, metrics)
+    if as_json:
+        doc = {"workload": workload_lines(work), "policies": {m.policy: m.as_dict() for m in metrics}}
+        out.print_json(json.dumps(doc))
+        return
+    for line in workload_lines(work):
+        err.print(line, highlight=False)
+    table = Table("", *names, title="per policy")
+    for key, label, unit in ROWS:
+        table.add_row(label, *(fmt(getattr(m, key), unit) for m in metrics))
+    out.print(table)
+    if report is not None:
+        err.print(f"[green]✓[/] report written to {report}")

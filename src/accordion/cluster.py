@@ -120,7 +120,12 @@ class Cluster:
         started = time.time()
         while time.monotonic() < deadline:
             if self.controller_pid() is None:
-                raise ClusterError(f"the controller exited; see {self.paths.logs / 'controller.log'}")
+                # Quote the log: a failed `up` removes the cluster's files, this log included.
+                try:
+                    tail = (self.paths.logs / "controller.log").read_text(errors="replace").strip().splitlines()[-1]
+                except (OSError, IndexError):
+                    tail = "no output"
+                raise ClusterError(f"the controller exited: {tail}")
             status = read_json(self.paths.state / "status.json", {})
             if isinstance(status, dict) and status.get("ts", 0) >= started:
                 ready = {ns: 0 for ns in want}

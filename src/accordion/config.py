@@ -70,6 +70,8 @@ class ControllerSettings(BaseModel):
     resync_interval: Seconds = Field(default=2.0, gt=0, le=600)
     # Prometheus /metrics on 127.0.0.1 of the host; 0 picks a free port (see `accordion status --json`).
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The controller's log (logs/controller.log): text lines, or one JSON object per line.
+    log_format: Literal["text", "json"] = "text"
     resume_timeout: Seconds = Field(default=30.0, gt=0, le=3600)
     max_start_failures: int = Field(default=3, ge=1, le=100)
 

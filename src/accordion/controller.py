@@ -239,6 +239,13 @@ class Controller:
             pins = None
         return (self.scheduler.changes(), pins)
 
+    def _supervise(self) -> None:
+        """Restart the scheduler's server if it died; it recovers jobs and nodes from its state directory."""
+        if not self.scheduler.running():
+            self.events.emit("controller", reason=f"{self.scheduler.name} server not running: restarting it")
+            self.scheduler.setup()
+            self.events.emit("controller", reason=f"{self.scheduler.name} server restarted")
+
     def run(self, stop: threading.Event) -> None:
         self.events.emit("controller", reason="started")
         settings = self.config.controller
@@ -251,6 +258,7 @@ class Controller:
             if moving or token != last_token or now - last_step >= settings.resync_interval:
                 last_token, last_step = token, now
                 try:
+                    self._supervise()
                     self.step()
                     moving = bool(self.last_plan.start or self.last_plan.stop) or any(
                         s in (NodeState.STARTING, NodeState.DRAINING) for s in self.last.values()

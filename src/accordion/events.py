@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger("accordion.events")
 
 KINDS = ("requested", "started", "registered", "idle", "busy", "draining", "removed", "failed", "lost", "scaled", "controller")
 
@@ -25,6 +28,7 @@ class EventLog:
         if reason:
             event["reason"] = reason
         event.update(extra)
+        log.info("%s%s%s", kind, f" {node}" if node else "", f" ({reason})" if reason else "", extra={"node": node, "nodeset": nodeset})
         line = json.dumps(event, separators=(",", ":")) + "\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

@@ -266,9 +266,17 @@ class SlurmScheduler:
 
     def mark_absent(self, nodes: list[str], reason: str = "powered off") -> None:
         """Tell Slurm these nodes have no container; any job on them is requeued per its policy."""
+        if not nodes:
+            return
+        victims = self._cmd(["squeue", "-h", "-t", "R,CF,CG", "-w", ",".join(nodes), "-o", "%i"]).split()
         self._update(nodes, "State=DOWN", f"Reason={REASON_PREFIX} {reason}")
         # DOWN keeps a DRAIN flag, which would outlive the node and make its next start look drained.
         self._update(nodes, "State=UNDRAIN")
+        # Slurm holds a requeued job back ~2 minutes (BeginTime); its node died, not the job, and a
+        # replacement node comes in under a second, so let it run again at once.
+        for job in victims:
+            if self._cmd(["squeue", "-h", "-j", job, "-t", "PD", "-o", "%i"]).strip():
+                self._cmd(["scontrol", "update", f"JobId={job}", "StartTime=now"])
 
     def release(self, node: str, reason: str) -> None:
         """Stop new jobs landing on the node; it is removed once `observe` reports it DRAINED."""

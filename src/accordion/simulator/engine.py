@@ -12,6 +12,7 @@ import heapq
 import math
 from array import array
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -90,6 +91,7 @@ class Simulation:
         self.jobs, self.cluster, self.policy, self.name, self.progress = jobs, cluster, policy, name, progress
         cpn, n = cluster.cpus_per_node, cluster.max_nodes
         self.spec = NodeSetSpec(NODESET, cluster.min_nodes, n, cpn, idle_timeout)
+        self.idle_timeout = idle_timeout
         # A node never fails to start here: give the policy no reason to give up on one.
         self.resume_timeout = cluster.boot_time + 30.0
         self.sub = [j.submit for j in jobs]
@@ -99,6 +101,8 @@ class Simulation:
         if any(k > n for k in self.k):
             raise SimulationError("a job needs more nodes than the cluster has: filter with fit_to() first")
         self.start = array("d", [math.nan]) * len(jobs)
+        # Waiting jobs as the policy sees them. Running jobs are left out of snapshots: no policy reads them
+        # (their nodes are busy) and they would cost time on every call.
         self.job_objs: list[Job | None] = [None] * len(jobs)
         self.queue: list[int] = []  # waiting jobs, FCFS
         self.running: dict[int, list[int]] = {}  # job -> its nodes
@@ -109,9 +113,15 @@ class Simulation:
         self.index = {name: i for i, name in enumerate(self.names)}
         self.state = [ABSENT] * n
         self.gen = [0] * n  # bumped on every state change: events of a node's earlier life are stale
+        self.since = [0.0] * n
+        self.free = [0] * n
         self.job_on = [-1] * n
         self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
+        self.dirty: set[int] = set()  # nodes whose Node object is out of date: rebuilt once per policy call
         self.idle_heap: list[int] = []  # lowest index first, as Slurm picks nodes; stale entries skipped
+        # Idle timeouts in the order they expire (nodes go idle in time order): only the earliest is an event.
+        self.expiries: deque[tuple[float, int, int]] = deque()
+        self.wake_at = math.inf
         self.n_idle = self.provisioned = self.busy = self.demand = 0
         self.events: list[tuple[float, int, int, int, int]] = []
         self.seq = 0
@@ -125,18 +135,36 @@ class Simulation:
         self.seq += 1
         heapq.heappush(self.events, (t, self.seq, kind, x, g))
 
-    def _set(self, x: int, state: NodeState, t: float) -> None:
+    def _set(self, x: int, state: NodeState, t: float, free: int = 0) -> None:
         self.gen[x] += 1
         self.state[x] = state
-        free = self.cluster.cpus_per_node if state in (IDLE, STARTING) else 0
-        self.nodes[x] = Node(self.names[x], NODESET, state, t, free)
+        self.since[x] = t
+        self.free[x] = free
+        self.dirty.add(x)
 
     def _idle(self, x: int, t: float) -> None:
-        self._set(x, IDLE, t)
+        self._set(x, IDLE, t, self.cluster.cpus_per_node)
         self.n_idle += 1
         heapq.heappush(self.idle_heap, x)
-        if self.spec.idle_timeout < math.inf:
-            self._push(_after(t, self.spec.idle_timeout), _WAKE, x, self.gen[x])
+        if self.idle_timeout < math.inf:
+            self.expiries.append((_after(t, self.idle_timeout), x, self.gen[x]))
+
+    def _expired(self, t: float) -> bool:
+        """Forget idle timeouts reached by t; whether one of them is a node still idle since then."""
+        expiries, gen = self.expiries, self.gen
+        woke = False
+        while expiries and expiries[0][0] <= t:
+            _, x, g = expiries.popleft()
+            woke = woke or gen[x] == g
+        return woke
+
+    def _next_wake(self) -> None:
+        expiries, gen = self.expiries, self.gen
+        while expiries and gen[expiries[0][1]] != expiries[0][2]:
+            expiries.popleft()
+        if expiries and expiries[0][0] != self.wake_at:
+            self.wake_at = expiries[0][0]
+            self._push(self.wake_at, _WAKE, -1)
 
     def _remove(self, x: int, t: float) -> None:
         self.job_on[x] = -1
@@ -154,24 +182,20 @@ class Simulation:
 
     def _start(self, j: int, t: float) -> None:
         got = []
-        heap = self.idle_heap
+        heap, state, job_on = self.idle_heap, self.state, self.job_on
         while len(got) < self.k[j]:
             x = heapq.heappop(heap)
-            if self.state[x] is IDLE and x not in got:
+            if state[x] is IDLE:  # else a stale entry
                 got.append(x)
-        for x in got:
-            self.job_on[x] = j
-            self._set(x, BUSY, t)
+                job_on[x] = j
+                self._set(x, BUSY, t)
         self.n_idle -= len(got)
         self.busy += len(got)
         self.running[j] = got
         self.usable[j] = len(got)
         insort(self.by_end, (t + self.est[j], j))
         self.start[j] = t
-        old = self.job_objs[j]
-        assert old is not None
-        self.job_objs[j] = Job(old.id, NODESET, old.nodes, old.cpus_per_node, True, old.submit_time, False,
-                               tuple(self.names[x] for x in got), exclusive=True)
+        self.job_objs[j] = None
         self._push(t + self.run_t[j], _END, j)
 
     def _release(self, j: int, t: float) -> None:
@@ -180,7 +204,6 @@ class Simulation:
         del self.usable[j]
         by_end = self.by_end
         del by_end[bisect_left(by_end, (self.start[j] + self.est[j], j))]
-        self.job_objs[j] = None
         self.demand -= self.jobs[j].procs
         for x in got:
             if self.job_on[x] != j:
@@ -234,7 +257,10 @@ class Simulation:
     # ----- the policy -----
 
     def _decide(self, t: float) -> None:
-        jobs = tuple(map(self.job_objs.__getitem__, self.queue)) + tuple(map(self.job_objs.__getitem__, self.running))
+        for x in self.dirty:
+            self.nodes[x] = Node(self.names[x], NODESET, self.state[x], self.since[x], self.free[x])
+        self.dirty.clear()
+        jobs = tuple(map(self.job_objs.__getitem__, self.queue))
         snap = Snapshot(t, (self.spec,), tuple(self.nodes), jobs, self.resume_timeout)  # type: ignore[arg-type]
         plan = self.policy(snap)
         self.calls += 1
@@ -263,7 +289,7 @@ class Simulation:
             x = self.index[start.node]
             if state[x] is not ABSENT:
                 raise SimulationError(f"policy {self.name} started {start.node}, which is {state[x].value}")
-            self._set(x, STARTING, t)
+            self._set(x, STARTING, t, self.cluster.cpus_per_node)
             self.provisioned += 1
             self.node_starts += 1
             self._push(t + self.cluster.boot_time, _READY, x, self.gen[x])
@@ -286,6 +312,7 @@ class Simulation:
         # A warm start: nodes the policy wants before any job (static, min_nodes) are up when the log begins.
         self._decide(t)
         self._record(t)
+        self._next_wake()
         events, sub, gen = self.events, self.sub, self.gen
         i = 0
         while i < n or self.queue or self.running:
@@ -310,22 +337,24 @@ class Simulation:
                     if x in self.running:  # else killed earlier
                         self._release(x, t)
                         changed = True
+                elif kind == _WAKE:
+                    woke = self._expired(t) or woke
                 elif gen[x] != g:
                     continue
                 elif kind == _READY:
                     self._idle(x, t)
                     changed = True
-                elif kind == _GONE:
+                else:
                     self._set(x, ABSENT, t)
                     self.provisioned -= 1
-                    woke = True
-                else:
-                    woke = True
+                    # Only a waiting job may want the slot a node leaves: not an event otherwise.
+                    woke = woke or bool(self.queue)
             if changed:
                 self._schedule(t)
             if changed or woke:
                 self._decide(t)
                 self._record(t)
+                self._next_wake()
         if self.progress:
             self.progress(n)
         return Run(

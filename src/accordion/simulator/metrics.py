@@ -24,8 +24,9 @@ class Metrics:
     node_starts: int
     killed: int  # jobs killed by scale-in: must be 0
 
-    def as_dict(self) -> dict[str, float | int | str]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, float | int | str | None]:
+        """JSON-ready: nan (no job started) becomes None."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -36,7 +36,8 @@ def _stop_idle(spec: NodeSetSpec, nodes: list[Node], now: float) -> list[Stop]:
 
 def static(snapshot: Snapshot) -> Plan:
     """Every node always on: the cluster as bought."""
-    return Plan(start=[Start(n.name, n.nodeset, "static") for n in snapshot.nodes if n.state == NodeState.ABSENT])
+    absent = NodeState.ABSENT
+    return Plan(start=[Start(n.name, n.nodeset, "static") for n in snapshot.nodes if n.state is absent])
 
 
 class CHSC:

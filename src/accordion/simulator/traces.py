@@ -118,8 +118,7 @@ def _read_swf(path: Path, lines: Iterator[tuple[int, str]], skip: bool) -> Trace
         procs = int(v[7]) if v[7] > 0 else int(v[4])
         estimate = v[8] if v[8] > 0 else v[3]
         _add(trace, book, TraceJob(str(int(v[0])), v[1], v[3], procs, estimate, v[2] if v[2] >= 0 else None))
-    trace.max_nodes = header.get("MaxNodes")
-    trace.max_procs = header.get("MaxProcs")
+    trace.max_nodes, trace.max_procs = (v if v > 0 else None for v in (header.get("MaxNodes", 0), header.get("MaxProcs", 0)))
     return trace
 
 

@@ -1,0 +1,44 @@
+"""Controller logging: every line names the cluster, and the node when there is one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+class _Context(logging.Filter):
+    def __init__(self, cluster: str) -> None:
+        super().__init__()
+        self.cluster = cluster
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.cluster = self.cluster
+        record.node = getattr(record, "node", "") or ""
+        record.nodeset = getattr(record, "nodeset", "") or ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(), "cluster": record.cluster, "logger": record.name}
+        if record.node:
+            doc["node"] = record.node
+        if record.nodeset:
+            doc["nodeset"] = record.nodeset
+        doc["msg"] = record.getMessage()
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(cluster: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Context(cluster))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(cluster)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)

@@ -1,0 +1,146 @@
+"""Faults the seeds' systems did not survive, injected into a real cluster (loops bounded in count and time)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.live.cluster import accordion, wait_for
+
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def _controller_pid(c) -> int:
+    return int((Path("/run/accordion") / c.name / "pids" / "controller.pid").read_text())
+
+
+def _consistent(c) -> None:
+    """Every container is a node Slurm has up (or starting); every node Slurm has up has a container."""
+    containers = c.containers()
+    slurm_up = {n for n, s in c.sinfo().items() if s not in ("down", "drained", "unknown")}
+    assert slurm_up <= containers, f"Slurm uses nodes without a container: {slurm_up - containers}"
+    wait_for(lambda: c.containers() <= set(c.sinfo()), 10, "no container outside the cluster")
+
+
+def _submit_mix(c, rng: random.Random, count: int, tag: str) -> list[str]:
+    jobs = []
+    for i in range(count):
+        nodes = rng.choice([1, 1, 1, 2])
+        cpus = rng.choice([1, 2])
+        jobs.append(c.sbatch(f"sleep {rng.choice([0, 0.5, 1, 2])}", f"-N{nodes}", f"-c{cpus}", "-o", "/dev/null", name=f"{tag}{i}"))
+    return jobs
+
+
+def _all_completed(c, jobs: list[str], timeout: float) -> None:
+    def states():
+        out = c.sh("scontrol show job -o | sed -n 's/.*JobId=\\([0-9]*\\) .*JobState=\\([A-Z_]*\\).*/\\1 \\2/p'")
+        return dict(line.split() for line in out.splitlines())
+
+    final = wait_for(lambda: (s := states()) and all(s.get(j) in DONE for j in jobs) and s, timeout, "all jobs to end", interval=1)
+    bad = {j: final[j] for j in jobs if final[j] != "COMPLETED"}
+    assert not bad, f"jobs that did not complete: {bad}"
+
+
+def test_controller_sigkilled_repeatedly(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "memory_mb": 256, "idle_timeout": 1}]})
+    rng = random.Random(20261122)
+    jobs = []
+    kills = 0
+    deadline = time.monotonic() + 240
+    while kills < 20 and time.monotonic() < deadline:
+        jobs += _submit_mix(c, rng, rng.randint(0, 3), f"k{kills}-")
+        time.sleep(rng.uniform(0.05, 1.5))  # lands in scale-up, scale-down or idle at random
+        os.kill(_controller_pid(c), signal.SIGKILL)
+        kills += 1
+        time.sleep(rng.uniform(0, 0.5))
+        c.up()  # restarts the controller only
+    assert kills == 20
+    _all_completed(c, jobs, 180)
+    _consistent(c)
+    # Nothing duplicated: one container per node name, and each counted once by Slurm.
+    assert len(c.containers()) == len(set(c.containers()))
+    wait_for(lambda: c.containers() == set(), 30, "idle nodes removed after the storm")
+
+
+def test_node_killed_under_a_job_is_detected_and_the_job_reruns(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}]})
+    job = c.sbatch("echo run on $(hostname) >> runs.log; sleep 6", "-N1", "--requeue", name="victim")
+    c.wait_job(job, {"RUNNING"}, 30)
+    node = c.job(job)["NodeList"]
+    runc_root = Path("/run/accordion") / c.name / "runc"
+    killed = time.monotonic()
+    subprocess.run(["runc", "--root", str(runc_root), "kill", node, "KILL"], check=True)
+    wait_for(lambda: any(e["kind"] in ("failed", "lost") and e.get("node") == node for e in c.events()), 10, "the dead node to be noticed")
+    detection = time.monotonic() - killed
+    assert detection <= 10
+    wait_for(lambda: c.sinfo().get(node) == "down" or node not in c.containers(), 10, "Slurm to be told")
+    state = c.wait_job(job, DONE, 120)
+    info = c.job(job)
+    assert state == "COMPLETED" and int(info["Restarts"]) >= 1, info
+    runs = (c.shared / "runs.log").read_text().splitlines()
+    assert len(runs) >= 2, runs
+    print(f"node death detected in {detection:.2f} s")
+
+
+def test_slurmctld_killed_is_restarted_and_busy_nodes_kept(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 2}]})
+    job = c.sbatch("sleep 12; echo survived", "-N1", name="long")
+    c.wait_job(job, {"RUNNING"}, 30)
+    node = c.job(job)["NodeList"]
+    # slurmctld saves its job state asynchronously (about 2 s after a change here): a crash before that
+    # loses the job whatever Accordion does. Kill it once the running job is on disk.
+    state = Path("/var/lib/accordion") / c.name / "scheduler" / "state" / "job_state"
+    running_at = time.time()
+    wait_for(lambda: state.exists() and state.stat().st_mtime > running_at, 20, "slurmctld to save the running job")
+    pid = int((Path("/run/accordion") / c.name / "pids" / "slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: any("server restarted" in e.get("reason", "") for e in c.events()), 30, "slurmctld restarted by the controller")
+    assert node in c.containers()
+    assert c.wait_job(job, DONE, 60) == "COMPLETED"
+    assert "survived" in (c.shared / f"slurm-{job}.out").read_text()
+
+
+def test_scale_in_soak(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 4, "cpus": 2, "memory_mb": 256, "idle_timeout": 1}]})
+    rng = random.Random(7)
+    jobs = []
+    for batch in range(20):
+        jobs += _submit_mix(c, rng, 10, f"s{batch}-")
+        time.sleep(rng.uniform(0, 2.5))  # gaps long enough for idle nodes to be removed in between
+    assert len(jobs) == 200
+    _all_completed(c, jobs, 400)
+    events = c.events()
+    removed = sum(1 for e in events if e["kind"] == "removed")
+    assert removed > 0, "the soak never scaled in"
+    assert not any(e["kind"] in ("lost", "failed") for e in events)
+    print(f"200 jobs, {sum(1 for e in events if e['kind'] == 'requested')} node starts, {removed} removals, 0 jobs killed")
+
+
+def test_no_secret_in_anything_a_run_writes(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 1, "cpus": 1, "memory_mb": 256, "idle_timeout": 1}]})
+    job = c.sbatch("hostname", "-N1", name="one")
+    c.wait_job(job, DONE, 30)
+    key_path = Path("/var/lib/accordion") / c.name / "munge" / "munge.key"
+    st = key_path.stat()
+    assert oct(st.st_mode & 0o777) == "0o400" and st.st_uid == __import__("pwd").getpwnam("munge").pw_uid
+    key = key_path.read_bytes()
+    needles = [key[i : i + 16] for i in range(0, 64, 16)] + [key.hex()[:32].encode()]
+    status = accordion("status", "-c", c.name, "--json").stdout.encode()
+    run_dir = Path("/run/accordion") / c.name
+    files = [p for root in (Path("/var/lib/accordion") / c.name, c.shared) for p in root.rglob("*")]
+    # Node roots are overlays of the host's root: look at what Accordion writes there, not the host.
+    for top in run_dir.iterdir():
+        if top.name != "nodes":
+            files += [top, *top.rglob("*")] if top.is_dir() else [top]
+    written = [p for p in files if p.is_file() and p != key_path and "state" not in p.parts]
+    assert any(p.name == "events.jsonl" for p in written) and any(p.name == "slurm.conf" for p in written)
+    for blob in [status] + [p.read_bytes() for p in written if p.stat().st_size < 10_000_000]:
+        assert not any(n in blob for n in needles)
+    # Nodes see neither Accordion's state nor the key.
+    out = c.sh(f"srun -N1 bash -c 'ls /var/lib/accordion; test -e {key_path} && echo KEY-VISIBLE || echo hidden'")
+    assert "hidden" in out and c.name not in out.split("hidden")[0]
+    assert oct(Path("/var/lib/accordion").stat().st_mode & 0o777) in ("0o700", "0o711")

@@ -1,0 +1,176 @@
+"""The simulator on hand-made workloads whose outcome is worked out in each test."""
+
+import math
+import random
+
+import pytest
+
+from accordion import policy as live_policy
+from accordion.model import Plan, Snapshot, Stop
+from accordion.simulator.engine import ClusterModel, SimulationError, fit_to, simulate
+from accordion.simulator.metrics import summarize, waits
+from accordion.simulator.policies import CHSC, POLICIES, powersave, static
+from accordion.simulator.traces import TraceJob
+
+
+def job(i, submit, nodes, run, estimate=None):
+    """A job of `nodes` 1-CPU processors (clusters here have 1 CPU per node unless said)."""
+    return TraceJob(str(i), float(submit), float(run), nodes, float(run if estimate is None else estimate))
+
+
+def run(jobs, policy=static, nodes=4, idle_timeout=math.inf, **kw):
+    return simulate(jobs, ClusterModel(nodes, 1, **kw), policy, idle_timeout)
+
+
+STATIC = {"boot_time": 0.0, "stop_time": 0.0}
+
+
+def test_fcfs_order_without_backfill():
+    # A holds both nodes until 100. B (2 nodes) is next; C (1 node) would end at 1002, after B's
+    # reservation at 100, and there is no spare node then: C waits for B to end at 150.
+    jobs = [job(1, 0, 2, 100), job(2, 1, 2, 50), job(3, 2, 1, 10, estimate=1000)]
+    r = run(jobs, nodes=2, **STATIC)
+    assert waits(r) == [0, 99, 148]
+
+
+def test_easy_backfill_jumps_without_delaying_the_head():
+    # A takes 2 of 3 nodes until 100; B needs all 3 and is reserved for 100. C (1 node, ends by 52) fits
+    # the free node and ends before the reservation: it starts at once, B still starts at 100.
+    jobs = [job(1, 0, 2, 100), job(2, 1, 3, 10), job(3, 2, 1, 50)]
+    assert waits(run(jobs, nodes=3, **STATIC)) == [0, 99, 0]
+
+
+def test_easy_backfill_must_not_delay_the_head():
+    # Same, but C would run to 202, past B's reservation, and no node is spare at 100: C waits for B.
+    jobs = [job(1, 0, 2, 100), job(2, 1, 3, 10), job(3, 2, 1, 200)]
+    assert waits(run(jobs, nodes=3, **STATIC)) == [0, 99, 108]
+
+
+def test_easy_backfill_on_spare_nodes():
+    # 4 nodes: at 100 B needs 3 of the 4, so one node is spare for the long C, which starts at once.
+    jobs = [job(1, 0, 2, 100), job(2, 1, 3, 10), job(3, 2, 1, 500)]
+    assert waits(run(jobs, nodes=4, **STATIC)) == [0, 99, 0]
+
+
+def test_estimate_not_run_time_drives_the_reservation():
+    # C really ends at 52, but asks for 200 s: the scheduler must assume 202 and hold it back.
+    jobs = [job(1, 0, 2, 100), job(2, 1, 3, 10), job(3, 2, 1, 50, estimate=200)]
+    assert waits(run(jobs, nodes=3, **STATIC)) == [0, 99, 108]
+
+
+def test_static_nodes_are_up_when_the_log_begins():
+    r = run([job(1, 0, 4, 10)], boot_time=5.0)
+    m = summarize(r)
+    assert waits(r) == [0] and m.node_starts == 4
+    assert r.begin == -5.0 and m.node_hours == pytest.approx(4 * 15 / 3600)
+
+
+def test_provisioning_delay_adds_boot_time_to_wait():
+    r = run([job(1, 10, 2, 100)], live_policy.decide, idle_timeout=60, boot_time=0.8)
+    assert waits(r) == [pytest.approx(0.8)]
+    assert summarize(r).node_starts == 2
+
+
+def test_idle_nodes_removed_after_idle_timeout():
+    # The node starts at 0, runs the job 0.8..100.8, idles until 160.8, is asked to go and is gone at 161.
+    # A job at 1000 gets a new node: 0.8 s of boot, 10 s of run.
+    r = run([job(1, 0, 1, 100), job(2, 1000, 1, 10)], live_policy.decide, idle_timeout=60, boot_time=0.8, stop_time=0.2)
+    assert waits(r) == [pytest.approx(0.8), pytest.approx(0.8)]
+    assert summarize(r).node_starts == 2
+    assert r.node_seconds == pytest.approx(161.0 + 10.8)
+    t, _, provisioned, _ = r.timeline
+    assert (t[provisioned.index(0, 1)], t[-1]) == (pytest.approx(161.0), pytest.approx(1010.8))
+
+
+def test_min_nodes_kept():
+    r = run([job(1, 0, 1, 100), job(2, 1000, 1, 10)], live_policy.decide, idle_timeout=60, min_nodes=1, boot_time=0.8)
+    assert waits(r) == [0, 0]  # the min_nodes node is up from the start and never leaves
+    assert summarize(r).node_starts == 1
+    assert r.node_seconds == pytest.approx(1010 + 0.8)
+
+
+def test_chsc_under_provisions_a_multi_node_job():
+    jobs = [job(1, 0, 3, 100)]
+    accordion = run(jobs, live_policy.decide, idle_timeout=60)
+    assert waits(accordion) == [pytest.approx(0.8)] and summarize(accordion).node_starts == 3
+    # CHSC starts one node for the 3-node job and removes it after 30 s idle: the job never runs.
+    chsc = run(jobs, CHSC(), idle_timeout=30)
+    m = summarize(chsc)
+    assert (m.never_started, m.node_starts) == (1, 1)
+    assert chsc.end == pytest.approx(0.8 + 30 + 0.2)
+
+
+def test_powersave_resumes_exactly_the_nodes_of_the_job_and_suspends_after_600_s():
+    r = run([job(1, 0, 3, 100), job(2, 2000, 1, 10)], powersave, idle_timeout=600)
+    assert waits(r) == [pytest.approx(0.8), pytest.approx(0.8)]
+    assert summarize(r).node_starts == 4
+    assert r.node_seconds == pytest.approx(3 * (700.8 + 0.2) + 10.8)
+
+
+def test_draining_never_kills_a_job():
+    def leave_now(s: Snapshot) -> Plan:  # starts what waiting jobs need, then asks every node to go
+        plan = live_policy.decide(s)
+        plan.stop += [Stop(n.name, n.nodeset, "go") for n in s.nodes if n.state.value in ("idle", "busy")]
+        return plan
+
+    r = run([job(1, 0, 2, 100), job(2, 5, 1, 10)], leave_now, idle_timeout=60)
+    m = summarize(r)
+    assert m.killed == 0 and m.never_started == 0
+    assert waits(r)[0] == pytest.approx(0.8)
+
+
+def test_deleting_a_busy_node_at_once_is_counted_as_a_kill():
+    def give_up(s: Snapshot) -> Plan:
+        plan = live_policy.decide(s)
+        plan.stop += [Stop(n.name, n.nodeset, "broken", failed=True) for n in s.nodes if n.state.value == "busy"]
+        return plan
+
+    assert summarize(run([job(1, 0, 2, 100)], give_up, idle_timeout=60)).killed == 1
+
+
+def test_policy_starting_a_present_node_is_an_error():
+    def bad(s: Snapshot) -> Plan:
+        return Plan(start=[live_policy.Start(s.nodes[0].name, s.nodes[0].nodeset, "again")])
+
+    with pytest.raises(SimulationError, match="started sim-0, which is starting"):
+        run([job(1, 0, 1, 10)], bad, idle_timeout=60)
+
+
+def test_too_big_jobs_are_dropped_before_simulating():
+    cluster = ClusterModel(4, 2)
+    fits, too_big = fit_to(cluster, [job(1, 0, 8, 10), job(2, 0, 9, 10)])
+    assert [j.id for j in fits] == ["1"] and [j.id for j in too_big] == ["2"]
+    with pytest.raises(SimulationError):
+        simulate(too_big, cluster, static, math.inf)
+
+
+def random_jobs(n=400, seed=7):
+    rnd = random.Random(seed)
+    t = 0.0
+    jobs = []
+    for i in range(n):
+        t += rnd.expovariate(1 / 40)
+        run_s = rnd.choice([0, 5, 30, 300, 2000])
+        jobs.append(TraceJob(str(i), round(t), run_s, rnd.choice([1, 1, 2, 3, 8, 16]), run_s * rnd.choice([1, 2, 10])))
+    return jobs
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_every_policy_runs_every_job_without_killing(name):
+    cluster = ClusterModel(16, 2)
+    jobs = random_jobs()
+    d = POLICIES[name]
+    m = summarize(simulate(jobs, cluster, d.make(), d.idle_timeout, name))
+    assert m.killed == 0
+    assert m.never_started == 0 or name == "chsc"
+    assert m.node_hours >= m.ideal_node_hours
+
+
+def test_deterministic():
+    cluster = ClusterModel(16, 2)
+    jobs = random_jobs()
+    for name, d in POLICIES.items():
+        a = simulate(jobs, cluster, d.make(), d.idle_timeout, name)
+        b = simulate(jobs, cluster, d.make(), d.idle_timeout, name)
+        assert (a.start, a.timeline, a.node_seconds) == (b.start, b.timeline, b.node_seconds)
+        assert summarize(a) == summarize(b)
