@@ -52,6 +52,9 @@ class FakeScheduler:
             self.absent_calls.append((n, reason))
             self.state[n] = SchedNode(n, SchedState.UNKNOWN, 0, None, reason, marked_absent=True)
 
+    def node_starting(self, node):
+        pass
+
     def release(self, node, reason):
         cur = self.state[node]
         busy = cur.state == SchedState.BUSY

@@ -141,3 +141,10 @@ def test_invariants(states, jobs, pinned, min_nodes):
         assert remaining >= min(min_nodes, usable) or any(
             by_name[n] == NodeState.STARTING for n in stopped
         )
+
+
+def test_longest_absent_node_is_started_first():
+    ns = list(nodes())
+    ns[0] = Node("c-0", "c", NodeState.ABSENT, 50.0)  # just removed
+    p = plan_for(tuple(ns), [job(1)], now=60)
+    assert [s.node for s in p.start] == ["c-1"]

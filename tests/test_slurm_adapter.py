@@ -25,7 +25,9 @@ def test_node_states():
     v = node_view({"NodeName": "n", "State": "IDLE+DRAIN", "CPUTot": "2", "CPUAlloc": "0", "Reason": "admin"})
     assert v.state == SchedState.BUSY  # drained by someone else: not ours to remove, not usable
     v = node_view({"NodeName": "n", "State": "DOWN*", "CPUTot": "2", "Reason": "accordion: powered off [root@x]"})
-    assert v.state == SchedState.UNKNOWN and v.marked_absent
+    assert v.state == SchedState.UNKNOWN and v.marked_absent and v.absent_since is None  # no parsable stamp
+    v = node_view({"NodeName": "n", "State": "DOWN", "CPUTot": "2", "Reason": "accordion: node container gone [root@2026-11-22T23:54:36]"})
+    assert v.marked_absent and v.absent_since is not None and v.reason == "node container gone"
     v = node_view({"NodeName": "n", "State": "IDLE", "CPUTot": "2", "CPUAlloc": "0", "LastBusyTime": "2026-11-22T22:34:46"})
     assert v.state == SchedState.IDLE and v.idle_since is not None
 

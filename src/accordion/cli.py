@@ -429,7 +429,10 @@ def simulate(
                                    lambda done, task=task: progress.update(task, completed=done)))
     metrics = [summarize(r) for r in runs]
     if report is not None:
-        write_report(report, work, runs, metrics)
+        try:
+            write_report(report, work, runs, metrics)
+        except OSError as exc:
+            raise fail(f"--report: cannot write {report}: {exc.strerror}") from None
     if as_json:
         doc = {"workload": workload_lines(work), "policies": {m.policy: m.as_dict() for m in metrics}}
         out.print_json(json.dumps(doc))

@@ -93,7 +93,10 @@ class Controller:
             sn = view.nodes.get(name)
             if name in containers or name in handled or sn is None or sn.marked_absent:
                 continue
-            (lost if sn.state != SchedState.UNKNOWN else unmarked).append(name)
+            # In use (or usable) by the scheduler with no container: its jobs are lost. A node that is only
+            # unknown or drained by Accordion just needs to be marked absent again.
+            usable = sn.state in (SchedState.IDLE, SchedState.BUSY, SchedState.DRAINING)
+            (lost if usable else unmarked).append(name)
         if lost:
             # The scheduler believes in nodes that no longer exist: tell it now rather than after its own
             # timeout, so their jobs are requeued at once.
@@ -112,7 +115,10 @@ class Controller:
             free = 0
             if info is None:
                 failed = self.failures.get(name, 0) >= self.config.controller.max_start_failures
-                state, since = (NodeState.FAILED if failed else NodeState.ABSENT), now
+                # When it went away: the policy reuses the longest-absent names first, so a node is not
+                # recreated under the name the scheduler may still be sending old messages to.
+                gone = sn.absent_since if sn is not None and sn.absent_since is not None else 0.0
+                state, since = (NodeState.FAILED if failed else NodeState.ABSENT), gone
             elif sn is None or sn.state == SchedState.UNKNOWN:
                 state, since = NodeState.STARTING, info.created
             elif sn.state == SchedState.IDLE:
@@ -151,6 +157,7 @@ class Controller:
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
             try:
+                self.scheduler.node_starting(start.node)
                 self.provider.create(self.scheduler.node_spec(start.node))
             except (ProviderError, OSError, RuntimeError) as exc:
                 self.failures[start.node] = self.failures.get(start.node, 0) + 1

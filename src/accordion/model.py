@@ -38,6 +38,7 @@ class SchedNode:
     idle_since: float | None = None
     reason: str = ""
     marked_absent: bool = False  # the scheduler already knows there is no container behind it
+    absent_since: float | None = None  # when it was marked absent, if the scheduler records it
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,12 @@ def node_order(name: str) -> tuple[str, int]:
 
 
 _name = attrgetter("name")
+_id = attrgetter("id")
+_submit_time = attrgetter("submit_time")
 _STATES = tuple(NodeState)
 
 
-def _by_name(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
+def by_name(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
     """Nodes in name order (only the first `first` of them if given); the same as
     `sorted(nodes, key=lambda n: node_order(n.name))[:first]`, with the per-node work kept in C."""
     nodes = list(nodes)
@@ -45,6 +47,21 @@ def _by_name(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
     order = range(len(nodes))
     picked = sorted(order, key=keys) if first is None else heapq.nsmallest(first, order, key=keys)
     return [nodes[i] for i in picked]
+
+
+def longest_absent(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
+    """Absent nodes to start, longest gone first (ties in name order): a name just removed is reused last,
+    so a new node does not receive what the scheduler still sends to its dead predecessor."""
+    return sorted(by_name(nodes), key=attrgetter("since"))[:first]
+
+
+def fcfs(jobs: list[Job]) -> list[Job]:
+    """Oldest first, ties by job id: `sorted(jobs, key=lambda j: (j.submit_time, node_order(j.id)))`
+    done as two stable sorts, secondary key first, with the per-job work kept in C."""
+    if len(jobs) < 2:
+        return jobs
+    ids = list(map(node_order, map(_id, jobs))).__getitem__
+    return sorted([jobs[i] for i in sorted(range(len(jobs)), key=ids)], key=_submit_time)
 
 
 @dataclass
@@ -69,43 +86,38 @@ def _fit(job: Job, slots: list[_Slot], cpus: int, room: int) -> tuple[list[_Slot
     return usable, new
 
 
-def decide_nodeset(spec: NodeSetSpec, nodes: list[Node], jobs: list[Job], now: float, resume_timeout: float) -> Plan:
+def decide_nodeset(
+    spec: NodeSetSpec, by_state: dict[NodeState, list[Node]], jobs: list[Job], now: float, resume_timeout: float
+) -> Plan:
+    """The plan for one node set, given its nodes by state. Nodes are put in name order only where order
+    matters: sorting every node on every call made the simulator slow on large clusters."""
     plan = Plan()
-    # Nodes are put in name order per state, and only where order matters: sorting every node on every
-    # call is what made the simulator slow on large clusters.
-    by_state: dict[NodeState, list[Node]] = {s: [] for s in _STATES}
-    for n in nodes:
-        by_state[n.state].append(n)
-
     starting = []
-    for n in _by_name(by_state[NodeState.STARTING]):
+    for n in by_name(by_state[NodeState.STARTING]):
         if now - n.since > resume_timeout:
             plan.stop.append(Stop(n.name, spec.name, f"did not register within {resume_timeout:.0f} s", failed=True))
         else:
             starting.append(n)
-    idle, busy, absent = _by_name(by_state[NodeState.IDLE]), by_state[NodeState.BUSY], by_state[NodeState.ABSENT]
+    idle, busy, absent = by_name(by_state[NodeState.IDLE]), by_state[NodeState.BUSY], by_state[NodeState.ABSENT]
     active = len(starting) + len(idle) + len(busy)
 
     if spec.pinned is not None:
         target = max(0, min(spec.pinned, spec.max_nodes))
         reason = f"scaled to {target} by hand"
         if active < target:
-            plan.start += [Start(n.name, spec.name, reason) for n in _by_name(absent)[: target - active]]
+            plan.start += [Start(n.name, spec.name, reason) for n in longest_absent(absent, target - active)]
         elif active > target:
             longest_idle = sorted(idle, key=lambda n: n.since)
-            for n in (longest_idle + starting[::-1] + _by_name(busy)[::-1])[: active - target]:
+            for n in (longest_idle + starting[::-1] + by_name(busy)[::-1])[: active - target]:
                 plan.stop.append(Stop(n.name, spec.name, reason))
         return plan
 
-    slots = [_Slot(n.name, n.free_cpus) for n in _by_name([n for n in busy if n.free_cpus > 0])]
+    slots = [_Slot(n.name, n.free_cpus) for n in by_name([n for n in busy if n.free_cpus > 0])]
     slots += [_Slot(n.name, spec.cpus) for n in idle + starting]
     wanted: set[str] = set()
     new_reasons: list[str] = []
     room = min(spec.max_nodes - active, len(absent))
-    waiting = sorted(
-        (j for j in jobs if not j.running and j.wants_resources and j.nodeset == spec.name),
-        key=lambda j: (j.submit_time, node_order(j.id)),
-    )
+    waiting = fcfs([j for j in jobs if not j.running and j.wants_resources and j.nodeset == spec.name])
     blocked = False  # a job that could run here once busy nodes free up: keep idle nodes for it
     # A slot with less room than every waiting job needs is never used again: not keeping it, and stopping
     # once nothing can fit any more, keeps long queues on large clusters cheap (the simulator's hot path).
@@ -132,7 +144,7 @@ def decide_nodeset(spec: NodeSetSpec, nodes: list[Node], jobs: list[Job], now: f
     while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
         new_reasons.append(f"min_nodes is {spec.min_nodes}")
     if new_reasons:
-        plan.start += [Start(n.name, spec.name, r) for n, r in zip(_by_name(absent, len(new_reasons)), new_reasons)]
+        plan.start += [Start(n.name, spec.name, r) for n, r in zip(longest_absent(absent, len(new_reasons)), new_reasons)]
 
     removable = sorted(
         (n for n in idle if not blocked and n.name not in wanted and now - n.since >= spec.idle_timeout),
@@ -146,11 +158,16 @@ def decide_nodeset(spec: NodeSetSpec, nodes: list[Node], jobs: list[Job], now: f
 
 def decide(snapshot: Snapshot) -> Plan:
     plan = Plan()
+    # One pass puts every node under its node set and state.
+    groups = {spec.name: {s: [] for s in _STATES} for spec in snapshot.nodesets}
+    for n in snapshot.nodes:
+        by_state = groups.get(n.nodeset)
+        if by_state is not None:
+            by_state[n.state].append(n)
     for spec in snapshot.nodesets:
         name = spec.name
-        nodes = [n for n in snapshot.nodes if n.nodeset == name]
         jobs = [j for j in snapshot.jobs if j.nodeset == name]
-        part = decide_nodeset(spec, nodes, jobs, snapshot.now, snapshot.resume_timeout)
+        part = decide_nodeset(spec, groups[name], jobs, snapshot.now, snapshot.resume_timeout)
         plan.start += part.start
         plan.stop += part.stop
     return plan

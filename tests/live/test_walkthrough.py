@@ -14,7 +14,7 @@ def test_appendix_c_walkthrough(make_cluster, tmp_path):
     busy = lambda: c.metric("accordion_nodes", nodeset="compute", state="busy")  # noqa: E731
     assert c.containers() == set()
     assert busy() == 0 and c.metric("accordion_nodeset_max_nodes", nodeset="compute") == 3
-    assert c.sinfo() == {"hpc-node-0": "down", "hpc-node-1": "down", "hpc-node-2": "down"}
+    assert c.sinfo() == {"hpc-node-0": "drained", "hpc-node-1": "drained", "hpc-node-2": "drained"}
 
     # A job waits, a node appears, the job runs on it.
     job1 = c.sbatch(INFINITE, "-N1", "-c2", name="infinite1")
@@ -38,7 +38,7 @@ def test_appendix_c_walkthrough(make_cluster, tmp_path):
     c.sh(f"scancel {job1}")
     wait_for(lambda: c.containers() == {node2}, 30, f"{node1} removed")
     assert c.job_state(job2) == "RUNNING"
-    assert c.sinfo()[node1] == "down" and c.sinfo()[node2] == "allocated"
+    assert c.sinfo()[node1] == "drained" and c.sinfo()[node2] == "allocated"
     wait_for(lambda: busy() == 1 and c.metric("accordion_nodes", nodeset="compute", state="absent") == 2, 10, "metrics: back to 1 busy")
     assert c.metric("accordion_scale_down_total", nodeset="compute", reason="idle") == 1
 

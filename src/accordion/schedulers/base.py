@@ -35,6 +35,9 @@ class Scheduler(Protocol):
     def mark_absent(self, nodes: list[str], reason: str = ...) -> None:
         """The nodes have no container: the scheduler must not use them (jobs on them are lost)."""
 
+    def node_starting(self, node: str) -> None:
+        """A container for the node is about to start: let the scheduler accept it when it registers."""
+
     def release(self, node: str, reason: str) -> None:
         """No new jobs on the node; `observe` reports it DRAINED once it is empty."""
 

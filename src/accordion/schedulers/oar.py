@@ -280,6 +280,9 @@ class OarScheduler:
             self._cmd(["oarnodesetting", "-n", "-s", "Absent", "-h", node])
             self._cmd(["oarnodesetting", "-d", "off", "-h", node])
 
+    def node_starting(self, node: str) -> None:
+        """Nothing to prepare: resources come back Alive when the node's sshd answers."""
+
     def release(self, node: str, reason: str) -> None:
         self._cmd(["oarnodesetting", "-d", "on", "-h", node])
 

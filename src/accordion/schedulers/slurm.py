@@ -150,8 +150,10 @@ def node_view(fields: dict[str, str]) -> SchedNode:
         state = SchedState.IDLE
     idle_since = _parse_time(fields.get("LastBusyTime", "")) if state == SchedState.IDLE else None
     marked_absent = base == "DOWN" and ours
+    stamp = re.search(r"\[[^@\]]*@([0-9T:-]+)\]$", reason)
+    absent_since = _parse_time(stamp.group(1)) if marked_absent and stamp else None
     reason = re.sub(r"\s*\[[^\]]*\]$", "", reason).removeprefix(REASON_PREFIX).strip()
-    return SchedNode(fields.get("NodeName", ""), state, max(0, cpus - alloc), idle_since, reason, marked_absent)
+    return SchedNode(fields.get("NodeName", ""), state, max(0, cpus - alloc), idle_since, reason, marked_absent, absent_since)
 
 
 class SlurmScheduler:
@@ -269,14 +271,19 @@ class SlurmScheduler:
         if not nodes:
             return
         victims = self._cmd(["squeue", "-h", "-t", "R,CF,CG", "-w", ",".join(nodes), "-o", "%i"]).split()
+        # Drained as well as down: with ReturnToService=2 a reply from the dead slurmd still in flight (a
+        # ping answered just before it died) would otherwise put the node back in service with no container
+        # behind it. The drain flag is lifted only when a new container starts (node_starting).
+        self._update(nodes, "State=DRAIN", f"Reason={REASON_PREFIX} {reason}")
         self._update(nodes, "State=DOWN", f"Reason={REASON_PREFIX} {reason}")
-        # DOWN keeps a DRAIN flag, which would outlive the node and make its next start look drained.
-        self._update(nodes, "State=UNDRAIN")
         # Slurm holds a requeued job back ~2 minutes (BeginTime); its node died, not the job, and a
         # replacement node comes in under a second, so let it run again at once.
         for job in victims:
             if self._cmd(["squeue", "-h", "-j", job, "-t", "PD", "-o", "%i"]).strip():
                 self._cmd(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+
+    def node_starting(self, node: str) -> None:
+        self._update([node], "State=UNDRAIN")
 
     def release(self, node: str, reason: str) -> None:
         """Stop new jobs landing on the node; it is removed once `observe` reports it DRAINED."""

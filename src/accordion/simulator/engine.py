@@ -14,7 +14,7 @@ from array import array
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot
 from accordion.simulator.traces import TraceJob
@@ -66,8 +66,8 @@ class Run:
     node_starts: int
     killed: int
     policy_calls: int
-    # Change points over time: demand (cores of queued and running jobs), provisioned and busy nodes.
-    timeline: tuple[array, array, array, array] = field(default_factory=lambda: (array("d"), array("d"), array("d"), array("d")))
+    # Change points (time, demand: cores of queued and running jobs, provisioned nodes, busy nodes).
+    timeline: tuple[array, array, array, array]
 
 
 def _after(t: float, delay: float) -> float:
@@ -79,6 +79,8 @@ def _after(t: float, delay: float) -> float:
 
 
 class Simulation:
+    """One run: the trace's jobs, one node set, one policy. Nodes are `sim-0` .. `sim-<max_nodes-1>`."""
+
     def __init__(
         self,
         jobs: Sequence[TraceJob],
@@ -288,7 +290,7 @@ class Simulation:
         for start in plan.start:
             x = self.index[start.node]
             if state[x] is not ABSENT:
-                raise SimulationError(f"policy {self.name} started {start.node}, which is {state[x].value}")
+                raise SimulationError(f"policy {self.name!r} started {start.node}, which is {state[x].value}")
             self._set(x, STARTING, t, self.cluster.cpus_per_node)
             self.provisioned += 1
             self.node_starts += 1
@@ -324,7 +326,7 @@ class Simulation:
             t = nxt
             self.node_seconds += self.provisioned * (t - last)
             last = t
-            changed = woke = False
+            changed = woke = gone = False
             while i < n and sub[i] == t:
                 self._submit(i, t)
                 i += 1
@@ -347,14 +349,15 @@ class Simulation:
                 else:
                     self._set(x, ABSENT, t)
                     self.provisioned -= 1
-                    # Only a waiting job may want the slot a node leaves: not an event otherwise.
-                    woke = woke or bool(self.queue)
+                    gone = True
             if changed:
                 self._schedule(t)
-            if changed or woke:
+            # A node gone is an event only for a waiting job, which may want its slot.
+            if changed or woke or (gone and self.queue):
                 self._decide(t)
-                self._record(t)
                 self._next_wake()
+            if changed or woke or gone:
+                self._record(t)
         if self.progress:
             self.progress(n)
         return Run(

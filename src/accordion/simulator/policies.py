@@ -9,35 +9,45 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from accordion import policy
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
-from accordion.policy import node_order
+from accordion.policy import by_name, fcfs, node_order
 
 Policy = Callable[[Snapshot], Plan]
+ABSENT, STARTING, IDLE, BUSY = NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY
+_id = attrgetter("id")
 
 
-def _of(snapshot: Snapshot, spec: NodeSetSpec) -> tuple[list[Node], list[Job]]:
-    nodes = sorted((n for n in snapshot.nodes if n.nodeset == spec.name), key=lambda n: node_order(n.name))
-    waiting = sorted(
-        (j for j in snapshot.jobs if j.nodeset == spec.name and not j.running and j.wants_resources),
-        key=lambda j: (j.submit_time, node_order(j.id)),
+def _by_state(snapshot: Snapshot, spec: NodeSetSpec) -> dict[NodeState, list[Node]]:
+    by_state: dict[NodeState, list[Node]] = {s: [] for s in NodeState}
+    for n in snapshot.nodes:
+        if n.nodeset == spec.name:
+            by_state[n.state].append(n)
+    return by_state
+
+
+def _waiting(snapshot: Snapshot, spec: NodeSetSpec) -> list[Job]:
+    return [j for j in snapshot.jobs if j.nodeset == spec.name and not j.running and j.wants_resources]
+
+
+def _stop_idle(
+    spec: NodeSetSpec, by_state: dict[NodeState, list[Node]], now: float, keep: frozenset[str] | set[str] = frozenset()
+) -> list[Stop]:
+    """Idle nodes past the idle timeout (except `keep`), longest idle first, down to min_nodes."""
+    active = len(by_state[STARTING]) + len(by_state[IDLE]) + len(by_state[BUSY])
+    expired = sorted(
+        (n for n in by_state[IDLE] if now - n.since >= spec.idle_timeout and n.name not in keep),
+        key=lambda n: (n.since, node_order(n.name)),
     )
-    return nodes, waiting
-
-
-def _stop_idle(spec: NodeSetSpec, nodes: list[Node], now: float) -> list[Stop]:
-    """Idle nodes past the idle timeout, longest idle first, keeping min_nodes."""
-    active = sum(n.state in (NodeState.STARTING, NodeState.IDLE, NodeState.BUSY) for n in nodes)
-    expired = sorted((n for n in nodes if n.state == NodeState.IDLE and now - n.since >= spec.idle_timeout), key=lambda n: n.since)
     count = max(0, min(len(expired), active - spec.min_nodes))
     return [Stop(n.name, spec.name, f"idle {now - n.since:.0f} s") for n in expired[:count]]
 
 
 def static(snapshot: Snapshot) -> Plan:
     """Every node always on: the cluster as bought."""
-    absent = NodeState.ABSENT
-    return Plan(start=[Start(n.name, n.nodeset, "static") for n in snapshot.nodes if n.state is absent])
+    return Plan(start=[Start(n.name, n.nodeset, "static") for n in snapshot.nodes if n.state is ABSENT])
 
 
 class CHSC:
@@ -52,43 +62,46 @@ class CHSC:
 
     def __call__(self, snapshot: Snapshot) -> Plan:
         plan = Plan()
-        seen: set[str] = set()
+        waiting_now: set[str] = set()
         for spec in snapshot.nodesets:
-            nodes, waiting = _of(snapshot, spec)
-            absent = [n for n in nodes if n.state == NodeState.ABSENT]
-            new = [j for j in waiting if j.id not in self.seen]
-            plan.start += [Start(n.name, spec.name, f"job {j.id} waits") for n, j in zip(absent, new)]
-            plan.stop += _stop_idle(spec, nodes, snapshot.now)
-            seen |= {j.id for j in waiting}
-        self.seen = seen  # jobs no longer waiting never come back
+            by_state = _by_state(snapshot, spec)
+            waiting = _waiting(snapshot, spec)
+            ids = set(map(_id, waiting))
+            if ids - self.seen:  # set operations: queues grow long under this policy
+                new = fcfs([j for j in waiting if j.id not in self.seen])
+                absent = by_name(by_state[ABSENT], len(new))
+                plan.start += [Start(n.name, spec.name, f"job {j.id} waits") for n, j in zip(absent, new)]
+            plan.stop += _stop_idle(spec, by_state, snapshot.now)
+            waiting_now |= ids
+        self.seen = waiting_now  # a job that stopped waiting never waits again
         return plan
 
 
 def powersave(snapshot: Snapshot) -> Plan:
-    """Slurm power saving: a waiting job that would fit if powered-off nodes were up gets exactly the nodes
-    it would be allocated resumed; nodes idle for SuspendTime (600 s) are suspended.
+    """Slurm power saving: a waiting job gets exactly the nodes it would be allocated if powered-off nodes
+    were up, and those that are off are resumed; nodes idle for SuspendTime (600 s) are suspended.
 
-    Slurm counts powered-off nodes as available, so its backfilling allocates them to jobs behind a blocked
-    head too. A snapshot carries no time limits, so the allocation is modelled as whole-node first fit in
-    FCFS order: each job takes idle and resuming nodes left by the jobs ahead of it, then powered-off ones.
+    Slurm counts powered-off nodes as available, so it allocates a job as soon as idle plus powered-off
+    nodes are enough, and its backfilling does the same for jobs behind a blocked head. A snapshot carries
+    no time limits, so the allocation is modelled as whole-node first fit in FCFS order: each job takes
+    idle and resuming nodes left by the jobs ahead of it, then powered-off ones. Idle nodes so allocated
+    are not suspended (Slurm would have made them busy).
     """
     plan = Plan()
     for spec in snapshot.nodesets:
-        nodes, waiting = _of(snapshot, spec)
-        stops = _stop_idle(spec, nodes, snapshot.now)
-        leaving = {s.node for s in stops}
-        free = sum(n.state == NodeState.STARTING or (n.state == NodeState.IDLE and n.name not in leaving) for n in nodes)
-        absent = [n for n in nodes if n.state == NodeState.ABSENT]
-        for job in waiting:
-            if job.nodes <= free:
-                free -= job.nodes
+        by_state = _by_state(snapshot, spec)
+        free = by_name(by_state[IDLE] + by_state[STARTING])
+        absent = by_name(by_state[ABSENT])
+        allocated: set[str] = set()
+        for job in fcfs(_waiting(snapshot, spec)):
+            if job.nodes > len(free) + len(absent):
                 continue
-            more = job.nodes - free
-            if more > len(absent):
-                continue
+            taken, free = free[: job.nodes], free[job.nodes :]
+            allocated.update(n.name for n in taken)
+            more = job.nodes - len(taken)
             plan.start += [Start(n.name, spec.name, f"job {job.id} allocated") for n in absent[:more]]
-            absent, free = absent[more:], 0
-        plan.stop += stops
+            absent = absent[more:]
+        plan.stop += _stop_idle(spec, by_state, snapshot.now, allocated)
     return plan
 
 

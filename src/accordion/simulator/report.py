@@ -73,9 +73,8 @@ def _chart(title: str, xlabel: str, series: list[tuple[str, str, list[float], li
     for y in _ticks(0, top):
         out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="#e5e7eb"/>'
                    f'<text x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{ylabels or ""}{_num(y)}</text>')
-    xt = [10.0**e for e in range(math.floor(a), math.ceil(b) + 1)] if log_x else _ticks(x0, x1)
-    for x in xt:
-        if x0 <= x <= x1 or log_x and a <= fx(x) <= b:
+    for x in LOG_TICKS if log_x else _ticks(x0, x1):
+        if x0 <= x <= x1:
             label = _duration(x) if log_x else _num(x)
             out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + ph}" stroke="#f3f4f6"/>'
                        f'<text x="{px(x):.1f}" y="{TOP + ph + 14}" text-anchor="middle">{label}</text>')
@@ -83,10 +82,13 @@ def _chart(title: str, xlabel: str, series: list[tuple[str, str, list[float], li
     for i, (name, col, xs, ys) in enumerate(series):
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys))
         out.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.4" points="{points}"/>')
-        out.append(f'<rect x="{W - RIGHT - 130}" y="{TOP + 4 + 14 * i}" width="10" height="10" fill="{col}"/>'
-                   f'<text x="{W - RIGHT - 116}" y="{TOP + 13 + 14 * i}">{html.escape(name)}</text>')
+        lx = W - RIGHT - 90 * (len(series) - i)
+        out.append(f'<rect x="{lx}" y="7" width="10" height="10" fill="{col}"/><text x="{lx + 14}" y="16">{html.escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+LOG_TICKS = (1, 10, 60, 600, 3600, 36000, 86400, 864000, 8640000)
 
 
 def _duration(s: float) -> str:
@@ -124,7 +126,7 @@ def fmt(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value * 100:.1f} %"
     if unit == "s":
-        return f"{value:,.0f} s" if value < 3600 else f"{value:,.0f} s ({value / 3600:.1f} h)"
+        return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min" if value < 3600 else f"{value / 3600:,.1f} h"
     return f"{value:,.2f}" if isinstance(value, float) and value < 10 else f"{value:,.0f}"
 
 
@@ -132,7 +134,8 @@ def workload_lines(w: Workload) -> list[str]:
     c, tr = w.cluster, w.trace
     lines = [
         f"{len(w.jobs):,} jobs replayed from {tr.path.name} ({tr.format})",
-        f"cluster: {c.max_nodes} nodes x {c.cpus_per_node} CPUs, min {c.min_nodes}; node start {c.boot_time:g} s, stop {c.stop_time:g} s",
+        f"cluster: {c.max_nodes} nodes x {c.cpus_per_node} CPU{'s' if c.cpus_per_node > 1 else ''}, min {c.min_nodes}; "
+        f"node start {c.boot_time:g} s, stop {c.stop_time:g} s",
     ]
     if w.cut:
         lines.append(f"{w.cut:,} jobs outside --start-day/--days/--limit")
