@@ -40,6 +40,7 @@ class EventLog:
 
 
 def read_events(path: Path, since: float = 0.0) -> Iterator[dict[str, object]]:
+    """Records of a JSON-lines file (event log, time series) stamped `ts` >= since."""
     try:
         with open(path) as f:
             for line in f:

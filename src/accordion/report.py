@@ -8,7 +8,6 @@ ticks; then provisioning latency (request -> registered) statistics.
 from __future__ import annotations
 
 import html
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,22 +16,6 @@ from accordion.events import read_events
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 260, 50, 40, 20, 40
 SERIES = (("pending_cpus", "CPUs waiting", "#d62728"), ("provisioned", "nodes provisioned", "#1f77b4"), ("busy", "nodes busy", "#2ca02c"))
-
-
-def read_samples(path: Path, since: float) -> list[dict]:
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    s = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if s["ts"] >= since:
-                    out.append(s)
-    except FileNotFoundError:
-        pass
-    return out
 
 
 def latencies(events: list[dict]) -> list[float]:
@@ -126,6 +109,6 @@ def render(cluster: str, nodesets: list[str], samples: list[dict], events: list[
 
 
 def build(cluster: str, nodesets: list[str], state_dir: Path, since: float) -> str:
-    samples = read_samples(state_dir / "samples.jsonl", since)
+    samples = list(read_events(state_dir / "samples.jsonl", since))
     events = list(read_events(state_dir / "events.jsonl", since))
     return render(cluster, nodesets, samples, events, time.time())

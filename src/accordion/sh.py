@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 
 class CommandError(RuntimeError):
@@ -32,3 +33,13 @@ def run(
 
 def out(cmd: Sequence[str], **kwargs: object) -> str:
     return run(cmd, **kwargs).stdout  # type: ignore[arg-type]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, message: str, interval: float = 0.1) -> None:
+    """Poll until `predicate` holds; raise RuntimeError(message) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise RuntimeError(message)

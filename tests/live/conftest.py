@@ -23,8 +23,8 @@ def pytest_collection_modifyitems(config, items):
 def make_cluster(tmp_path):
     made: list[LiveCluster] = []
 
-    def make(config: dict | None = None, prefix: str = "t") -> LiveCluster:
-        c = LiveCluster(f"{prefix}-{uuid.uuid4().hex[:6]}", config or {}, tmp_path)
+    def make(config: dict | None = None, prefix: str = "t", kind: type[LiveCluster] = LiveCluster) -> LiveCluster:
+        c = kind(f"{prefix}-{uuid.uuid4().hex[:6]}", config or {}, tmp_path)
         made.append(c)
         c.up()
         return c

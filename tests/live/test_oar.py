@@ -10,20 +10,8 @@ PINNED = {"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes":
 
 
 @pytest.fixture
-def make_oar(tmp_path):
-    made = []
-
-    def make(config):
-        import uuid
-
-        c = OarCluster(f"o-{uuid.uuid4().hex[:6]}", config, tmp_path)
-        made.append(c)
-        c.up()
-        return c
-
-    yield make
-    for c in made:
-        c.down()
+def make_oar(make_cluster):
+    return lambda config: make_cluster(config, prefix="o", kind=OarCluster)
 
 
 def test_appendix_c_walkthrough_with_oar(make_oar):

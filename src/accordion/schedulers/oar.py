@@ -21,7 +21,6 @@ import pwd
 import re
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from accordion import daemons
@@ -29,7 +28,7 @@ from accordion.config import ClusterConfig
 from accordion.model import Job, SchedNode, SchedState, SchedulerView
 from accordion.paths import ClusterPaths
 from accordion.providers.base import Bind, NodeSpec, Provider
-from accordion.sh import CommandError, run
+from accordion.sh import CommandError, run, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OAR_SQL = Path("/usr/lib/oar/database")
@@ -121,7 +120,7 @@ class OarScheduler:
                 self.paths.logs / "almighty.out",
                 self.paths.pids / "almighty.pid",
             )
-        _wait_for(self._responding, 30, f"the OAR server did not answer; see {self.paths.logs / 'oar.log'}")
+        wait_until(self._responding, 30, f"the OAR server did not answer; see {self.paths.logs / 'oar.log'}")
 
     def _ssh_keys(self, oar: pwd.struct_passwd) -> None:
         self.ssh.mkdir(mode=0o700, exist_ok=True)
@@ -190,8 +189,8 @@ class OarScheduler:
                 log,
                 self.paths.pids / "postgres.pid",
             )
-        _wait_for(lambda: (self.pgsock / ".s.PGSQL.5432").exists(), 30, f"PostgreSQL did not start; see {self.paths.logs / 'postgres.log'}")
-        _wait_for(lambda: self._psql("postgres", "postgres", "SELECT 1", check=False) is not None, 30, "PostgreSQL does not accept connections")
+        wait_until(lambda: (self.pgsock / ".s.PGSQL.5432").exists(), 30, f"PostgreSQL did not start; see {self.paths.logs / 'postgres.log'}")
+        wait_until(lambda: self._psql("postgres", "postgres", "SELECT 1", check=False) is not None, 30, "PostgreSQL does not accept connections")
         return fresh
 
     def _psql(self, user: str, db: str, sql: str | None = None, file: Path | None = None, check: bool = True) -> str | None:
@@ -265,7 +264,7 @@ class OarScheduler:
             name=node,
             cpus=ns.cpus,
             memory_mb=ns.memory_mb,
-            command=["/bin/sh", "-c", f"mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f /etc/oar/sshd_config"],
+            command=["/bin/sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f /etc/oar/sshd_config"],
             binds=[
                 Bind(str(self.conf), "/etc/oar/oar.conf"),
                 Bind(str(self.ssh), "/var/lib/oar/.ssh"),
@@ -363,10 +362,3 @@ class OarScheduler:
         return self._nodeset_of.get(node)
 
 
-def _wait_for(predicate: object, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise RuntimeError(message)

@@ -17,7 +17,7 @@ import pwd
 import re
 import secrets
 import socket
-import time
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from accordion.config import ClusterConfig
 from accordion.model import Job, SchedNode, SchedState, SchedulerView
 from accordion.paths import ClusterPaths
 from accordion.providers.base import Bind, NodeSpec, Provider
-from accordion.sh import CommandError, run
+from accordion.sh import CommandError, run, wait_until
 
 REASON_PREFIX = "accordion:"
 
@@ -212,7 +212,7 @@ class SlurmScheduler:
                 self.paths.logs / "munged.out",
                 self.paths.pids / "munged.pid",
             )
-        _wait_for(lambda: munge_socket(self.paths).exists(), 10, f"munged did not create its socket; see {mlog}")
+        wait_until(lambda: munge_socket(self.paths).exists(), 10, f"munged did not create its socket; see {mlog}")
 
         sched = self.paths.scheduler
         (sched / "state").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -229,15 +229,13 @@ class SlurmScheduler:
                 self.paths.logs / "slurmctld.out",
                 self.paths.pids / "slurmctld.pid",
             )
-        _wait_for(self._responding, 30, f"slurmctld did not answer; see {ctl_log}")
+        wait_until(self._responding, 30, f"slurmctld did not answer; see {ctl_log}")
 
     def _responding(self) -> bool:
         try:
             self._cmd(["scontrol", "ping"], timeout=5)
             return True
-        except (CommandError, OSError):
-            return False
-        except Exception:
+        except (CommandError, OSError, subprocess.TimeoutExpired):
             return False
 
     def teardown(self) -> None:
@@ -356,12 +354,4 @@ def parse_squeue(text: str, default_partition: str) -> list[Job]:
         )
     return jobs
 
-
-def _wait_for(predicate: object, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise RuntimeError(message)
 

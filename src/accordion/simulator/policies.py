@@ -14,8 +14,8 @@ from operator import attrgetter
 from accordion import policy
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
 from accordion.policy import by_name, fcfs, node_order
+from accordion.simulator.engine import Policy
 
-Policy = Callable[[Snapshot], Plan]
 ABSENT, STARTING, IDLE, BUSY = NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY
 _id = attrgetter("id")
 

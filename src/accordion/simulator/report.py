@@ -12,11 +12,12 @@ from pathlib import Path
 
 from accordion.simulator.engine import Run
 from accordion.simulator.metrics import Metrics, waits
+from accordion.simulator.policies import POLICIES
 from accordion.simulator.workload import DAY, Workload
 
 COLORS = {"static": "#6b7280", "chsc": "#d97706", "powersave": "#2563eb", "accordion": "#059669"}
 OTHER = ("#9333ea", "#dc2626", "#0891b2", "#65a30d")
-W, H, LEFT, RIGHT, TOP, BOTTOM = 920, 240, 64, 16, 26, 34
+W, H, LEFT, RIGHT, TOP, BOTTOM = 920, 250, 64, 16, 42, 34
 BINS = 600
 
 
@@ -82,8 +83,8 @@ def _chart(title: str, xlabel: str, series: list[tuple[str, str, list[float], li
     for i, (name, col, xs, ys) in enumerate(series):
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys))
         out.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.4" points="{points}"/>')
-        lx = W - RIGHT - 90 * (len(series) - i)
-        out.append(f'<rect x="{lx}" y="7" width="10" height="10" fill="{col}"/><text x="{lx + 14}" y="16">{html.escape(name)}</text>')
+        lx = LEFT + 100 * i
+        out.append(f'<rect x="{lx}" y="23" width="10" height="10" fill="{col}"/><text x="{lx + 14}" y="32">{html.escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -170,6 +171,7 @@ def write_report(path: Path, workload: Workload, runs: list[Run], metrics: list[
         for key, label, unit in ROWS
     )
     info = "".join(f"<li>{html.escape(line)}</li>" for line in workload_lines(workload))
+    info += "".join(f"<li><b>{html.escape(r.policy)}</b>: {html.escape(POLICIES[r.policy].about)}</li>" for r in runs if r.policy in POLICIES)
     path.write_text(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>accordion simulate: {html.escape(workload.trace.path.name)}</title>
 <style>body{{font-family:sans-serif;margin:24px;color:#111}} table{{border-collapse:collapse}}
