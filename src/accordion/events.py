@@ -11,8 +11,6 @@ from pathlib import Path
 
 log = logging.getLogger("accordion.events")
 
-KINDS = ("requested", "started", "registered", "idle", "busy", "draining", "removed", "failed", "lost", "scaled", "controller")
-
 
 class EventLog:
     def __init__(self, path: Path, cluster: str) -> None:
@@ -52,4 +50,3 @@ def read_events(path: Path, since: float = 0.0) -> Iterator[dict[str, object]]:
                     yield event
     except FileNotFoundError:
         return
-

@@ -31,10 +31,6 @@ def run(
     return proc
 
 
-def out(cmd: Sequence[str], **kwargs: object) -> str:
-    return run(cmd, **kwargs).stdout  # type: ignore[arg-type]
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float, message: str, interval: float = 0.1) -> None:
     """Poll until `predicate` holds; raise RuntimeError(message) after `timeout` seconds."""
     deadline = time.monotonic() + timeout

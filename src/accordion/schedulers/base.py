@@ -40,5 +40,3 @@ class Scheduler(Protocol):
 
     def release(self, node: str, reason: str) -> None:
         """No new jobs on the node; `observe` reports it DRAINED once it is empty."""
-
-    def unrelease(self, node: str) -> None: ...

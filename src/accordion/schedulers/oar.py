@@ -285,9 +285,6 @@ class OarScheduler:
     def release(self, node: str, reason: str) -> None:
         self._cmd(["oarnodesetting", "-d", "on", "-h", node])
 
-    def unrelease(self, node: str) -> None:
-        self._cmd(["oarnodesetting", "-d", "off", "-h", node])
-
     def _sshd_up(self, node: str) -> bool:
         try:
             with socket.create_connection((self.provider.address(node), SSHD_PORT), timeout=0.3):
@@ -357,8 +354,3 @@ class OarScheduler:
                 )
             )
         return jobs
-
-    def nodeset_of(self, node: str) -> str | None:
-        return self._nodeset_of.get(node)
-
-

@@ -287,9 +287,6 @@ class SlurmScheduler:
         """Stop new jobs landing on the node; it is removed once `observe` reports it DRAINED."""
         self._update([node], "State=DRAIN", f"Reason={REASON_PREFIX} {reason}")
 
-    def unrelease(self, node: str) -> None:
-        self._update([node], "State=RESUME")
-
     # ----- observation -----
 
     def changes(self) -> object:
@@ -317,8 +314,6 @@ class SlurmScheduler:
     def _default_nodeset(self) -> str:
         return self.config.nodesets[0].name
 
-    def nodeset_of(self, node: str) -> str | None:
-        return self._nodeset_of.get(node)
 
 
 SQUEUE_FORMAT = "%i|%P|%T|%D|%C|%r|%V|%N|%h"
@@ -353,5 +348,3 @@ def parse_squeue(text: str, default_partition: str) -> list[Job]:
             )
         )
     return jobs
-
-
