@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from accordion.config import ClusterConfig
 from accordion.controller import Controller
 from accordion.events import EventLog, read_events
@@ -15,8 +17,11 @@ class FakeProvider:
         self.clock = clock
         self.nodes: dict[str, NodeInfo] = {}
         self.fail_create = False
+        self.hang: threading.Event | None = None  # create blocks until it is set
 
     def create(self, spec: NodeSpec) -> None:
+        if self.hang is not None:
+            self.hang.wait(10)
         if self.fail_create:
             raise RuntimeError("boom")
         self.nodes[spec.name] = NodeInfo(spec.name, True, self.clock())
@@ -82,6 +87,17 @@ def make(tmp_path, monkeypatch, **controller):
     return ctl, sched, prov, now, paths
 
 
+def settle(ctl):
+    """Let the starts launched by the last step finish (they run beside the loop)."""
+    for launch in list(ctl.launches.values()):
+        launch.thread.join(10)
+
+
+def step(ctl):
+    ctl.step()
+    settle(ctl)
+
+
 def kinds(paths):
     return [(e["kind"], e.get("node")) for e in read_events(paths.events)]
 
@@ -89,14 +105,14 @@ def kinds(paths):
 def test_scale_up_register_idle_and_remove(tmp_path, monkeypatch):
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     sched.jobs = [Job("1", "c", 2, 1, False, 0.0)]
-    ctl.step()
+    step(ctl)
     assert set(prov.nodes) == {"c-0", "c-1"}
     sched.jobs = []
-    ctl.step()
+    step(ctl)
     assert ("registered", "c-0") in kinds(paths)
     now[0] += 11
-    ctl.step()  # drained at once (no job): removed on the next step
-    ctl.step()
+    step(ctl)  # drained at once (no job): removed on the next step
+    step(ctl)
     assert prov.nodes == {}
     assert ("removed", "c-0") in kinds(paths) and ("removed", "c-1") in kinds(paths)
 
@@ -105,11 +121,11 @@ def test_node_that_never_registers_is_given_up_and_retried_within_limits(tmp_pat
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5, max_start_failures=2)
     sched.registers = False
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
-    ctl.step()
+    step(ctl)
     assert set(prov.nodes) == {"c-0"}
     for _ in range(10):
         now[0] += 6
-        ctl.step()
+        step(ctl)
     failed = [e for e in read_events(paths.events) if e["kind"] == "failed"]
     assert "did not register within 5 s" in failed[0]["reason"]
     # Each node name is retried up to its limit, then left alone: no endless churn.
@@ -126,7 +142,8 @@ def test_create_error_is_an_event_not_a_crash(tmp_path, monkeypatch):
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     prov.fail_create = True
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
-    ctl.step()
+    step(ctl)
+    step(ctl)  # a start's outcome is reported by the step after it
     assert prov.nodes == {}
     assert any(e["kind"] == "failed" and "could not start: boom" in e["reason"] for e in read_events(paths.events))
 
@@ -134,12 +151,12 @@ def test_create_error_is_an_event_not_a_crash(tmp_path, monkeypatch):
 def test_lost_container_is_reported_to_scheduler_at_once(tmp_path, monkeypatch):
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
-    ctl.step()
-    ctl.step()
+    step(ctl)
+    step(ctl)
     sched.state["c-0"] = SchedNode("c-0", SchedState.BUSY, 0)
     sched.jobs = [Job("1", "c", 1, 2, True, 0.0, node_names=("c-0",))]
     del prov.nodes["c-0"]  # the container died under its job
-    ctl.step()
+    step(ctl)
     assert ("c-0", "node container gone") in sched.absent_calls
     assert ("lost", "c-0") in kinds(paths)
 
@@ -149,19 +166,51 @@ def test_busy_node_is_drained_not_killed(tmp_path, monkeypatch):
     from accordion.controller import write_pins
 
     write_pins(paths, {"c": 1})
-    ctl.step()
-    ctl.step()
+    step(ctl)
+    step(ctl)
     sched.state["c-0"] = SchedNode("c-0", SchedState.BUSY, 0)
     write_pins(paths, {"c": 0})
-    ctl.step()
+    step(ctl)
     assert "c-0" in prov.nodes and sched.state["c-0"].state == SchedState.DRAINING
     sched.state["c-0"] = SchedNode("c-0", SchedState.DRAINED, 2)
-    ctl.step()
+    step(ctl)
     assert prov.nodes == {}
 
 
 def test_orphan_container_removed(tmp_path, monkeypatch):
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     prov.nodes["stray-0"] = NodeInfo("stray-0", True, 0.0)
-    ctl.step()
+    step(ctl)
     assert "stray-0" not in prov.nodes
+
+
+def test_failed_create_is_reported_to_the_scheduler(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    prov.fail_create = True
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    step(ctl)
+    step(ctl)
+    assert ("c-0", "could not start: boom") in sched.absent_calls
+    assert ctl.failures == {"c-0": 1}
+
+
+def test_hung_start_does_not_block_the_loop_and_is_given_up(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5)
+    prov.hang = threading.Event()
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    ctl.step()
+    ctl.step()  # returns while the start of c-0 is still hanging
+    assert "c-0" in ctl.launches and not ctl.launches["c-0"].done()
+    assert ("requested", "c-0") in kinds(paths) and ("started", "c-0") not in kinds(paths)
+    now[0] += 6
+    ctl.step()
+    failed = [e for e in read_events(paths.events) if e["kind"] == "failed"]
+    assert [e["node"] for e in failed] == ["c-0"] and "did not register within 5 s" in failed[0]["reason"]
+    assert ("c-0", "did not register within 5 s") in sched.absent_calls
+    # Another name is started for the job meanwhile; the hung one is neither reused nor double-counted.
+    assert ("requested", "c-1") in kinds(paths)
+    prov.hang.set()
+    settle(ctl)
+    ctl.step()
+    assert "c-0" not in prov.nodes and "c-0" not in ctl.launches
+    assert ctl.failures == {"c-0": 1}

@@ -87,7 +87,9 @@ def up(
     try:
         with err.status(f"[bold]{config.name}[/]: starting") as status:
             cluster.up(lambda step: status.update(f"[bold]{config.name}[/]: {step}"))
-    except (ClusterError, RuntimeError, OSError) as exc:
+    except OSError as exc:
+        raise fail(f"{config.name}: {os_error_text(exc)}") from None
+    except (ClusterError, RuntimeError) as exc:
         raise fail(f"{config.name}: {exc}") from None
     total = sum(ns.max_nodes for ns in config.nodesets)
     err.print(
@@ -363,7 +365,17 @@ def controller(cluster: ClusterOpt = None) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except OSError as exc:
+        # A full disk or a read-only state directory: one line naming the file, no traceback. Writes
+        # are atomic (store.write_json), so what was there before is intact.
+        err.print(f"[bold red]error:[/] {os_error_text(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def os_error_text(exc: OSError) -> str:
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
 
 
 @app.command()

@@ -21,11 +21,32 @@ from accordion.events import EventLog
 from accordion.metrics import Metrics, reason_kind
 from accordion.model import Node, NodeSetSpec, NodeState, Plan, SchedState, SchedulerView, Snapshot
 from accordion.paths import ClusterPaths
-from accordion.providers.base import NodeInfo, Provider, ProviderError
+from accordion.providers.base import NodeInfo, Provider
 from accordion.schedulers.base import Scheduler
-from accordion.store import read_json, write_json
+from accordion.store import private, read_json, write_json
 
 log = logging.getLogger("accordion.controller")
+
+
+class Launch:
+    """One node start running beside the loop: a start that hangs must not stop the controller."""
+
+    def __init__(self, start: Callable[[], None]) -> None:
+        self.error: Exception | None = None
+        # A daemon thread: a controller that exits does not wait for a hung start; the provider's delete
+        # (on restart or `down`) cleans up what it left.
+        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True)
+        self.abandoned = False
+        self.thread.start()
+
+    def _run(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except Exception as exc:  # reported by the loop, which owns events and failure counts
+            self.error = exc
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
 
 
 def read_pins(paths: ClusterPaths) -> dict[str, int]:
@@ -63,11 +84,34 @@ class Controller:
         self._status_written = 0.0
         self.last_plan = Plan()
         self._status_blob = ""
+        self.launches: dict[str, Launch] = {}
 
     # ----- observe -----
 
+    def _collect(self) -> None:
+        """Report the starts that finished since the last step."""
+        for name, launch in list(self.launches.items()):
+            if not launch.done():
+                continue
+            del self.launches[name]
+            if launch.abandoned:
+                # Given up while its start still ran: the failure is already reported; remove what it made.
+                self.provider.delete(name)
+            elif launch.error is None:
+                self.events.emit("started", name, self.nodeset_of[name])
+            else:
+                self._start_failed(name, f"could not start: {launch.error}")
+
+    def _start_failed(self, name: str, reason: str) -> None:
+        self.failures[name] = self.failures.get(name, 0) + 1
+        self._save()
+        self.scheduler.mark_absent([name], reason)
+        self.events.emit("failed", name, self.nodeset_of[name], reason)
+
     def _reconcile(self, view: SchedulerView, containers: dict[str, NodeInfo]) -> None:
-        """Make provider and scheduler agree before deciding anything."""
+        """Make provider and scheduler agree before deciding anything (starts still running aside)."""
+        for name in self.launches:
+            containers.pop(name, None)
         for name in sorted(set(containers) - set(self.nodeset_of)):
             self.provider.delete(name)
             self.events.emit("removed", name, reason="not a node of this cluster")
@@ -91,7 +135,7 @@ class Controller:
         lost, unmarked = [], []
         for name in self.nodeset_of:
             sn = view.nodes.get(name)
-            if name in containers or name in handled or sn is None or sn.marked_absent:
+            if name in containers or name in handled or name in self.launches or sn is None or sn.marked_absent:
                 continue
             # In use (or usable) by the scheduler with no container: its jobs are lost. A node that is only
             # unknown or drained by Accordion just needs to be marked absent again.
@@ -113,8 +157,13 @@ class Controller:
             sn = view.nodes.get(name)
             info = containers.get(name)
             free = 0
-            if info is None:
-                failed = self.failures.get(name, 0) >= self.config.controller.max_start_failures
+            launch = self.launches.get(name)
+            failed = self.failures.get(name, 0) >= self.config.controller.max_start_failures
+            if launch is not None:
+                # An abandoned start is on its way out: the policy must neither use nor reuse its name yet.
+                state = (NodeState.FAILED if failed else NodeState.DRAINING) if launch.abandoned else NodeState.STARTING
+                since = self.requested_at.get(name, now)
+            elif info is None:
                 # When it went away: the policy reuses the longest-absent names first, so a node is not
                 # recreated under the name the scheduler may still be sending old messages to.
                 gone = sn.absent_since if sn is not None and sn.absent_since is not None else 0.0
@@ -139,13 +188,21 @@ class Controller:
     def _act(self, plan: Plan, snap: Snapshot) -> None:
         states = {n.name: n.state for n in snap.nodes}
         for stop in plan.stop:
-            if stop.failed or states[stop.node] == NodeState.STARTING:
-                self.provider.delete(stop.node)
-                self.scheduler.mark_absent([stop.node])
+            launch = self.launches.get(stop.node)
+            if launch is not None:
+                launch.abandoned = True
                 if stop.failed:
-                    self.failures[stop.node] = self.failures.get(stop.node, 0) + 1
-                    self._save()
-                self.events.emit("failed" if stop.failed else "removed", stop.node, stop.nodeset, stop.reason)
+                    self._start_failed(stop.node, stop.reason)
+                else:
+                    self.scheduler.mark_absent([stop.node])
+                    self.events.emit("removed", stop.node, stop.nodeset, stop.reason)
+            elif stop.failed or states[stop.node] == NodeState.STARTING:
+                self.provider.delete(stop.node)
+                if stop.failed:
+                    self._start_failed(stop.node, stop.reason)
+                else:
+                    self.scheduler.mark_absent([stop.node])
+                    self.events.emit("removed", stop.node, stop.nodeset, stop.reason)
             else:
                 self.scheduler.release(stop.node, stop.reason)
                 self.events.emit("draining", stop.node, stop.nodeset, stop.reason)
@@ -156,15 +213,11 @@ class Controller:
             self.requested_at[start.node] = snap.now
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
-            try:
-                self.scheduler.node_starting(start.node)
-                self.provider.create(self.scheduler.node_spec(start.node))
-            except (ProviderError, OSError, RuntimeError) as exc:
-                self.failures[start.node] = self.failures.get(start.node, 0) + 1
-                self._save()
-                self.events.emit("failed", start.node, start.nodeset, f"could not start: {exc}")
-                continue
-            self.events.emit("started", start.node, start.nodeset)
+            self.launches[start.node] = Launch(lambda node=start.node: self._start(node))
+
+    def _start(self, node: str) -> None:
+        self.scheduler.node_starting(node)
+        self.provider.create(self.scheduler.node_spec(node))
 
     def _transitions(self, snap: Snapshot) -> None:
         for n in snap.nodes:
@@ -219,11 +272,12 @@ class Controller:
                 "max": spec.max_nodes,
             }
         line = json.dumps({"ts": round(snap.now, 3), "nodesets": sets}, separators=(",", ":")) + "\n"
-        with open(self.paths.state / "samples.jsonl", "a") as f:
+        with open(self.paths.state / "samples.jsonl", "a", opener=private) as f:
             f.write(line)
 
     def step(self) -> Plan:
         t0 = time.monotonic()
+        self._collect()
         view = self.scheduler.observe()
         containers = self.provider.list()
         self._reconcile(view, containers)
@@ -270,8 +324,13 @@ class Controller:
                     moving = bool(self.last_plan.start or self.last_plan.stop) or any(
                         s in (NodeState.STARTING, NodeState.DRAINING) for s in self.last.values()
                     )
-                except Exception:
-                    log.exception("controller step failed; retrying")
+                except Exception as exc:
+                    if isinstance(exc, OSError):
+                        # Disk full, read-only state directory, ...: state files are written atomically,
+                        # so retrying once the cause is gone is all there is to do; no traceback needed.
+                        log.error("controller step failed: %s; retrying", exc)
+                    else:
+                        log.exception("controller step failed; retrying")
                     if self.metrics:
                         self.metrics.errors.labels(self.config.name).inc()
                     stop.wait(1.0)

@@ -9,11 +9,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from accordion.store import private
+
 
 def spawn(argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     pidfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    with open(log, "ab", opener=private) as out:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

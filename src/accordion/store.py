@@ -16,8 +16,19 @@ def write_json(path: Path, data: object) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
+    except OSError as exc:
+        # Name the file the user knows, not the temporary one (or none, for a failed write).
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only file system: there is no temporary file to remove
+
+
+def private(path: str, flags: int) -> int:
+    """An `opener` for open(): files Accordion creates are readable by root only (mode 0600)."""
+    return os.open(path, flags, 0o600)
 
 
 def read_json(path: Path, default: object) -> object:

@@ -146,3 +146,59 @@ def test_no_secret_in_anything_a_run_writes(make_cluster):
     out = c.sh(f"srun -N1 bash -c 'ls /var/lib/accordion; test -e {key_path} && echo KEY-VISIBLE || echo hidden'")
     assert "hidden" in out and c.name not in out.split("hidden")[0]
     assert oct(Path("/var/lib/accordion").stat().st_mode & 0o777) in ("0o700", "0o711")
+    # Nothing Accordion keeps is readable or listable by other users (directories are at most
+    # traverse-only, so that the daemons that drop root reach their own files); slurm.conf (no secret)
+    # is what users' commands must read.
+    def reachable(p: Path) -> bool:  # every directory on the way is traversable by others
+        return all(d.stat().st_mode & 0o001 for d in p.parents if d.is_relative_to("/var/lib/accordion"))
+
+    for p in [Path("/var/lib/accordion") / c.name, *(Path("/var/lib/accordion") / c.name).rglob("*")]:
+        if p.exists() and p.name != "slurm.conf" and reachable(p):
+            assert p.stat().st_mode & 0o004 == 0, f"{p} is readable by everyone ({oct(p.stat().st_mode)})"
+    # Node processes run under a seccomp filter: a syscall no job needs (keyctl) is refused.
+    probe = (
+        "import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+        "r = libc.syscall(250, 0, -3, 0); print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0], r, ctypes.get_errno())"
+    )
+    (c.shared / "probe.py").write_text(probe)
+    mode, ret, errno_ = c.sh(f"srun -N1 python3 {c.shared / 'probe.py'}").split()
+    assert (mode, ret, errno_) == ("2", "-1", "1")
+
+
+def test_node_that_never_comes_up_is_given_up_and_the_job_runs_elsewhere(make_cluster, monkeypatch, tmp_path):
+    # A broken container runtime, put in front of the real one: its first `run` hangs, its second fails.
+    real = subprocess.run(["bash", "-c", "command -v runc"], capture_output=True, text=True, check=True).stdout.strip()
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    wrapper = tmp_path / "bin" / "runc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f'if [[ " $* " == *" run "* ]]; then\n'
+        f"  if mkdir {faults}/hang 2>/dev/null; then sleep 120; exit 1; fi\n"
+        f'  if mkdir {faults}/fail 2>/dev/null; then echo "injected: no such image" >&2; exit 1; fi\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    c = make_cluster({
+        "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}],
+        "controller": {"resume_timeout": 4, "max_start_failures": 1},
+    })
+    job = c.sbatch("echo ok", "-N1", name="patient")
+    assert c.wait_job(job, DONE, 60) == "COMPLETED"
+    hung = subprocess.run(["pgrep", "-f", "--", f"--bundle /run/accordion/{c.name}/"], capture_output=True, text=True).stdout.split()
+    # The job ran while the hung start was still hanging: the controller never waited for it.
+    assert hung, "the hung runc is gone already: the test proves nothing"
+    failed = {e["node"]: e["reason"] for e in c.events() if e["kind"] == "failed"}
+    assert len(failed) == 2, failed
+    reasons = sorted(failed.values())
+    assert reasons[0].startswith("could not start: runc could not start node") and "injected: no such image" in reasons[0]
+    assert reasons[1] == "did not register within 4 s"
+    # Both are reported to Slurm (drained, with the reason) and shown as failed (max_start_failures: 1).
+    for node, reason in failed.items():
+        assert reason[:30] in c.sh(f"scontrol show node {node} | grep Reason"), node
+        assert c.node_states()[node] == "failed"
+    c.down()
+    assert subprocess.run(["pgrep", "-f", f"/run/accordion/{c.name}/"], capture_output=True).returncode == 1, "a start left a process behind"

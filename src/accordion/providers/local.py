@@ -25,11 +25,14 @@ from accordion.config import ClusterConfig
 from accordion.paths import ClusterPaths, run_root, state_root
 from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
 from accordion.sh import CommandError, run
+from accordion.store import private
 
 NETWORK = ipaddress.IPv4Network("10.77.0.0/16")
 HEAD = NETWORK.network_address + 1
 FIRST_NODE = 10
 BRIDGE = "br0"
+# `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
+START_TIMEOUT = 30
 
 # What slurmd/sshd and job steps need as root inside a node: run steps as the submitting user
 # (SETUID/SETGID/SETPCAP), manage spool and job files (CHOWN/DAC_OVERRIDE/FOWNER/FSETID), signal steps
@@ -46,6 +49,19 @@ CAPABILITIES = [
     "CAP_NET_BIND_SERVICE",
     "CAP_SYS_CHROOT",
     "CAP_AUDIT_WRITE",
+]
+
+
+# Syscalls no job or node daemon needs and that widen what a compromised node could do to the host
+# kernel (modules, kexec, clocks, swap, keyrings shared with the host, eBPF, perf, new namespaces or
+# mounts, handle-based opens that bypass the mount namespace). Refused with EPERM, as Docker's default
+# profile does; everything else is allowed so MPI (process_vm_readv for single-copy) and debuggers work.
+SECCOMP_DENY = [
+    "acct", "add_key", "adjtimex", "bpf", "clock_adjtime", "clock_settime", "delete_module", "finit_module",
+    "fsconfig", "fsmount", "fsopen", "init_module", "iopl", "ioperm", "kexec_file_load", "kexec_load", "keyctl",
+    "lookup_dcookie", "mount", "mount_setattr", "move_mount", "name_to_handle_at", "open_by_handle_at", "open_tree",
+    "perf_event_open", "pivot_root", "quotactl", "reboot", "request_key", "setns", "settimeofday", "swapoff",
+    "swapon", "syslog", "umount2", "unshare", "userfaultfd", "vhangup",
 ]
 
 
@@ -143,19 +159,24 @@ class LocalProvider:
         bundle.mkdir()
         (bundle / "config.json").write_text(json.dumps(self._oci_spec(spec, rootfs)))
         self.paths.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.paths.logs / f"{name}.log", "ab")
-        try:
-            proc = subprocess.run(
+        launcher = node_dir / "runc.pid"
+        with open(self.paths.logs / f"{name}.log", "ab", opener=private) as log:
+            # Its own process group, recorded: `delete` (from any process, after a controller restart too)
+            # can kill a start that hangs.
+            proc = subprocess.Popen(
                 self._runc() + ["run", "--detach", "--bundle", str(bundle), name],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                timeout=30,
-                check=False,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )
+        launcher.write_text(f"{proc.pid}\n")
+        try:
+            code = proc.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait()
+            raise ProviderError(f"runc did not start node {name} within {START_TIMEOUT} s") from None
         finally:
-            log.close()
-        if proc.returncode != 0:
+            launcher.unlink(missing_ok=True)
+        if code != 0:
             tail = (self.paths.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise ProviderError(f"runc could not start node {name}: {' | '.join(tail)}")
 
@@ -252,12 +273,18 @@ class LocalProvider:
                         for maj, mi in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, -1))
                     ],
                 },
+                "seccomp": {
+                    "defaultAction": "SCMP_ACT_ALLOW",
+                    "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                    "syscalls": [{"names": SECCOMP_DENY, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+                },
                 "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
                 "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
             },
         }
 
     def delete(self, name: str) -> None:
+        self._kill_launcher(name)
         runc = self._runc()
         if (self.paths.run / "runc" / name).exists():
             run(runc + ["kill", name, "KILL"], check=False)
@@ -283,6 +310,17 @@ class LocalProvider:
                 time.sleep(0.05)
         shutil.rmtree(node_dir, ignore_errors=True)
 
+    def _kill_launcher(self, name: str) -> None:
+        """Kill a `runc run` still starting the node, if any (its pid is checked: pids get reused)."""
+        bundle = self._node_dir(name) / "bundle"
+        try:
+            pid = int((self._node_dir(name) / "runc.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if f"--bundle\0{bundle}\0".encode() in cmdline:
+            _kill_group(pid)
+
     def list(self) -> dict[str, NodeInfo]:
         nodes: dict[str, NodeInfo] = {}
         if not self.paths.nodes.is_dir():
@@ -301,3 +339,10 @@ class LocalProvider:
                 created = node_dir.stat().st_mtime
             nodes[node_dir.name] = NodeInfo(node_dir.name, states.get(node_dir.name) == "running", created)
         return nodes
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, 9)
+    except ProcessLookupError:
+        pass

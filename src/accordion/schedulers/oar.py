@@ -137,7 +137,7 @@ class OarScheduler:
 
     def _write_conf(self, oar: pwd.struct_passwd) -> None:
         log = self.paths.logs / "oar.log"
-        log.touch()
+        log.touch(mode=0o600)
         os.chown(log, oar.pw_uid, oar.pw_gid)
         overrides: dict[str, str | None] = {
             "DB_TYPE": "Pg",

@@ -199,7 +199,7 @@ class SlurmScheduler:
         os.chown(sock_dir, munge.pw_uid, munge.pw_gid)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         mlog = self.paths.logs / "munged.log"
-        mlog.touch()
+        mlog.touch(mode=0o600)
         os.chown(mlog, munge.pw_uid, munge.pw_gid)
         if daemons.pid_of(self.paths.pids / "munged.pid") is None:
             daemons.spawn(
@@ -219,7 +219,7 @@ class SlurmScheduler:
         os.chmod(sched, 0o711)
         os.chown(sched / "state", slurm.pw_uid, slurm.pw_gid)
         ctl_log = self.paths.logs / "slurmctld.log"
-        ctl_log.touch()
+        ctl_log.touch(mode=0o600)
         os.chown(ctl_log, slurm.pw_uid, slurm.pw_gid)
         host = socket.gethostname().split(".")[0]
         self.conf.write_text(render_slurm_conf(self.config, self.provider, self.paths, host))
