@@ -22,6 +22,7 @@ REQUIRED = {
     "slurm": ["slurmctld", "slurmd", "munged", "scontrol", "sbatch"],
     "oar": ["Almighty", "oarsub", "oarnodesetting", "psql", "sshd", "ssh-keygen", "unshare"],
     "local": ["runc", "catatonit", "ip", "nsenter", "setpriv"],
+    "kubernetes": [],
 }
 
 Progress = Callable[[str], None]
@@ -42,7 +43,7 @@ class Cluster:
         self.paths = ClusterPaths(config.name)
         self.provider = make_provider(config, self.paths)
         self.scheduler = make_scheduler(config, self.paths, self.provider)
-        self.events = EventLog(self.paths.events, config.name)
+        self.events = EventLog(self.paths.events, config.name, getattr(self.provider, "record", None))
 
     @classmethod
     def load(cls, name: str) -> Cluster:

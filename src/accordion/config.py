@@ -16,6 +16,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 CLUSTER_NAME = r"^[a-z][a-z0-9-]{0,19}$"
 NODESET_NAME = r"^[a-z][a-z0-9_]{0,19}$"
 NAME_BASE = r"^[a-z][a-z0-9-]{0,29}$"
+IMAGE = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -46,6 +48,8 @@ class NodeSet(BaseModel):
     cpus: int = Field(default=2, ge=1, le=256)
     memory_mb: int = Field(default=1024, ge=64, le=1024 * 1024)
     idle_timeout: Seconds = 60.0
+    # The node image (provider kubernetes); default: kubernetes.image.
+    image: str | None = Field(default=None, pattern=IMAGE)
 
     @model_validator(mode="after")
     def _bounds(self) -> NodeSet:
@@ -76,12 +80,32 @@ class ControllerSettings(BaseModel):
     max_start_failures: int = Field(default=3, ge=1, le=100)
 
 
+class KubernetesSettings(BaseModel):
+    """Where node Pods go (provider: kubernetes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = Field(default="default", pattern=DNS_LABEL)
+    # None: the in-cluster configuration (the controller runs in a Pod with its ServiceAccount).
+    kubeconfig: str | None = None
+    image: str = Field(default="localhost/accordion-node:0.1.0", pattern=IMAGE)
+    # Where nodes reach slurmctld: the head's Service name in the chart (default "<cluster>-head").
+    head_address: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{0,252}$")
+    # A Kubernetes volume source for the shared work directory (e.g. {persistentVolumeClaim: {claimName:
+    # x}}); None: a hostPath, which only suits single-host clusters.
+    shared_volume: dict[str, object] | None = None
+    # Run the head (scheduler server and its commands) in this existing network namespace: for a head
+    # outside the Kubernetes cluster that reaches Pod IPs from there (the test stand-in does).
+    network_namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
 class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="accordion", pattern=CLUSTER_NAME)
     scheduler: Literal["slurm", "oar"] = "slurm"
-    provider: Literal["local"] = "local"
+    provider: Literal["local", "kubernetes"] = "local"
+    kubernetes: KubernetesSettings | None = None
     nodesets: list[NodeSet] = Field(
         default_factory=lambda: [NodeSet(name="compute", name_base="hpc-node")], min_length=1, max_length=32
     )
@@ -97,6 +121,15 @@ class ClusterConfig(BaseModel):
                 raise ValueError(f"node set {label} must be unique, repeated: {', '.join(dupes)}")
         if sum(ns.max_nodes for ns in self.nodesets) > 4000:
             raise ValueError("the node sets' max_nodes add up to more than 4000")
+        if self.provider == "kubernetes":
+            if self.scheduler != "slurm":
+                raise ValueError("provider 'kubernetes' runs scheduler 'slurm' only (no OAR node image yet)")
+            if self.kubernetes is None:
+                self.kubernetes = KubernetesSettings()
+        else:
+            for label, used in (("kubernetes", self.kubernetes is not None), ("nodesets[].image", any(ns.image for ns in self.nodesets))):
+                if used:
+                    raise ValueError(f"{label} is only used with provider 'kubernetes' (provider is {self.provider!r})")
         return self
 
     def nodeset(self, name: str) -> NodeSet:
@@ -127,7 +160,9 @@ def _where(loc: tuple[object, ...]) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            # An unknown field may be any text: quoted unless plain, so the message stays on one line.
+            text = str(item) if re.fullmatch(r"[A-Za-z0-9_-]+", str(item)) else repr(str(item))
+            parts.append(("." if parts else "") + text)
     return "".join(parts) or "(top level)"
 
 

@@ -123,8 +123,12 @@ class Controller:
             if not info.running:
                 self.provider.delete(name)
                 del containers[name]
-                self.scheduler.mark_absent([name], "node container exited")
-                self.events.emit("failed", name, self.nodeset_of[name], "node container exited")
+                why = "node container exited" + (f": {info.reason}" if info.reason else "")
+                if sn is None or sn.state == SchedState.UNKNOWN:
+                    self._start_failed(name, why)  # it never came up: counts towards max_start_failures
+                else:
+                    self.scheduler.mark_absent([name], why)
+                    self.events.emit("failed", name, self.nodeset_of[name], why)
             elif sn is not None and sn.state == SchedState.DRAINED:
                 self.provider.delete(name)
                 del containers[name]

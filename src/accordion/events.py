@@ -6,16 +6,17 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger("accordion.events")
 
 
 class EventLog:
-    def __init__(self, path: Path, cluster: str) -> None:
+    def __init__(self, path: Path, cluster: str, sink: Callable[[dict[str, object]], None] | None = None) -> None:
         self.path = path
         self.cluster = cluster
+        self.sink = sink  # also told of every event (the Kubernetes provider makes them Kubernetes Events)
 
     def emit(self, kind: str, node: str = "", nodeset: str = "", reason: str = "", **extra: object) -> dict[str, object]:
         event: dict[str, object] = {"ts": round(time.time(), 3), "cluster": self.cluster, "kind": kind}
@@ -34,6 +35,8 @@ class EventLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if self.sink is not None:
+            self.sink(event)
         return event
 
 

@@ -12,4 +12,8 @@ def make_provider(config: ClusterConfig, paths: ClusterPaths) -> Provider:
         from accordion.providers.local import LocalProvider
 
         return LocalProvider(config, paths)
+    if config.provider == "kubernetes":
+        from accordion.providers.kubernetes import KubernetesProvider
+
+        return KubernetesProvider(config, paths)
     raise ValueError(f"unknown provider {config.provider!r}")

@@ -11,6 +11,7 @@ class Bind:
     source: str
     target: str
     readonly: bool = True
+    head_only: bool = False  # a head socket: only nodes on the head's machine can share it
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,17 @@ class NodeSpec:
     command: list[str]
     binds: list[Bind] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Files a node needs that a provider whose nodes cannot share the head's sockets (Pods) delivers
+    # instead: target path in the node -> path on the head. Binds with `head_only` are skipped there.
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class NodeInfo:
     name: str
-    running: bool
+    running: bool  # false once it has ended or cannot run (image missing, crashed)
     created: float
+    reason: str = ""  # why it is not running, when the provider knows
 
 
 class ProviderError(RuntimeError):

@@ -257,7 +257,13 @@ class SlurmScheduler:
             # -b: report the node as just booted, else slurmctld may wait for a reboot that never comes.
             command=["/usr/sbin/slurmd", "-D", "-b", "-N", node, "--conf-server", self.provider.head_address()],
             # slurmd fetches its configuration (and so AuthInfo) with munge's default socket path.
-            binds=[Bind(sock_dir, sock_dir, readonly=True), Bind(sock_dir, "/run/munge", readonly=True), Bind(str(self.paths.shared), str(self.paths.shared), readonly=False)],
+            binds=[
+                Bind(sock_dir, sock_dir, readonly=True, head_only=True),
+                Bind(sock_dir, "/run/munge", readonly=True, head_only=True),
+                Bind(str(self.paths.shared), str(self.paths.shared), readonly=False),
+            ],
+            # Nodes that cannot share the head's munged socket run their own with the cluster's key.
+            secrets={"/etc/munge-key/munge.key": str(self.paths.state / "munge" / "munge.key")},
         )
 
     def _update(self, nodes: list[str], *args: str) -> None:

@@ -1,0 +1,352 @@
+"""Nodes as Kubernetes Pods, one Pod per node (not a StatefulSet: any idle node can be removed).
+
+Kubernetes only provisions: the batch scheduler decides. What the cluster owns in its namespace:
+- a ConfigMap `accordion-<cluster>` standing for the cluster: every other object has an owner
+  reference to it, so deleting it deletes them all (Kubernetes' garbage collector);
+- a headless Service `<cluster>-nodes` (publishNotReadyAddresses): each node Pod sets hostname and
+  subdomain, so `<node>.<cluster>-nodes` resolves as soon as the Pod has an IP, before slurmd
+  registers and so before Slurm can schedule on it;
+- a Secret `<cluster>-secrets` with the files nodes need privately (the munge key), made from the
+  head's own copy: no secret is ever written into a manifest;
+- the node Pods, labelled with cluster, node set and node, CPU and memory requests equal to limits.
+
+Pods are followed with a watch (list once, then a stream of changes from that resourceVersion; a 410
+Gone relists), so `list()` costs no API call. Every call is retried with backoff on 429/5xx and
+transport errors; a create that fails for good is undone so no half-created node remains.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from accordion.config import ClusterConfig, KubernetesSettings
+from accordion.paths import ClusterPaths
+from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
+
+log = logging.getLogger("accordion.kubernetes")
+
+T = TypeVar("T")
+RETRYABLE = {429, 500, 502, 503, 504}
+ATTEMPTS = 6  # 0.1 + 0.2 + ... + 3.2 s of backoff: a few seconds of API server trouble is absorbed
+TIMEOUT = 10  # seconds for any one request
+# Waiting reasons after which a container will not start without a change from someone.
+STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+# What a node needs beyond an unprivileged container: slurmd starts job steps as their users and
+# manages its spool (same list, same reasons, as the local provider).
+CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "AUDIT_WRITE"]
+LABEL = "accordion.io"
+
+
+def _k8s() -> Any:
+    import kubernetes
+
+    return kubernetes
+
+
+class KubernetesProvider:
+    def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.settings: KubernetesSettings = config.kubernetes or KubernetesSettings()
+        self.namespace = self.settings.namespace
+        self.owner = f"accordion-{config.name}"
+        self.service = f"{config.name}-nodes"
+        self.secret = f"{config.name}-secrets"
+        self.selector = f"{LABEL}/cluster={config.name}"
+        self._nodeset = {n: ns for ns in config.nodesets for n in ns.node_names()}
+        self._api: Any = None
+        self._owner_ref: dict[str, object] | None = None
+        self._pods: dict[str, Any] = {}
+        self._synced = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    # ----- API access -----
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            k8s = _k8s()
+            cfg = k8s.client.Configuration()
+            if self.settings.kubeconfig:
+                k8s.config.load_kube_config(config_file=self.settings.kubeconfig, client_configuration=cfg)
+            else:
+                k8s.config.load_incluster_config(client_configuration=cfg)
+            # Retries are ours (with backoff, and knowing which calls are safe to repeat), not urllib3's.
+            cfg.retries = False
+            self._api = k8s.client.CoreV1Api(k8s.client.ApiClient(cfg))
+        return self._api
+
+    def _call(self, what: str, fn: Callable[..., T], *args: object, tolerate: tuple[int, ...] = (), **kwargs: object) -> T | None:
+        """`fn(*args)` with retries; None for a tolerated status (404 on delete, 409 on create)."""
+        k8s = _k8s()
+        delay = 0.1
+        for attempt in range(ATTEMPTS):
+            try:
+                return fn(*args, _request_timeout=TIMEOUT, **kwargs)
+            except k8s.client.exceptions.ApiException as exc:
+                if exc.status in tolerate:
+                    return None
+                if exc.status not in RETRYABLE or attempt == ATTEMPTS - 1:
+                    raise ProviderError(f"{what}: Kubernetes API answered {exc.status} {exc.reason}") from None
+                problem = f"{exc.status} {exc.reason}"
+            except Exception as exc:  # urllib3 timeouts and connection errors have no common base with ApiException
+                if attempt == ATTEMPTS - 1:
+                    raise ProviderError(f"{what}: Kubernetes API unreachable: {exc}") from None
+                problem = type(exc).__name__
+            log.warning("%s: %s; retrying in %.1f s", what, problem, delay)
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    # ----- cluster objects -----
+
+    def _labels(self, **more: str) -> dict[str, str]:
+        return {"app.kubernetes.io/managed-by": "accordion", f"{LABEL}/cluster": self.config.name, **more}
+
+    def _owned(self, name: str, **labels: str) -> dict[str, object]:
+        return {"name": name, "namespace": self.namespace, "labels": self._labels(**labels), "ownerReferences": [self.owner_reference()]}
+
+    def owner_reference(self) -> dict[str, object]:
+        if self._owner_ref is None:
+            cm = self._call("read the cluster's ConfigMap", self.api.read_namespaced_config_map, self.owner, self.namespace, tolerate=(404,))
+            if cm is None:
+                raise ProviderError(f"ConfigMap {self.namespace}/{self.owner} is missing: run `accordion up` first")
+            self._owner_ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": self.owner, "uid": cm.metadata.uid, "controller": True, "blockOwnerDeletion": True}
+        return self._owner_ref
+
+    def setup(self) -> None:
+        body = {"metadata": {"name": self.owner, "namespace": self.namespace, "labels": self._labels()}, "data": {"cluster": self.config.name}}
+        self._call("create the cluster's ConfigMap", self.api.create_namespaced_config_map, self.namespace, body, tolerate=(409,))
+        service = {
+            "metadata": self._owned(self.service),
+            "spec": {
+                "clusterIP": "None",
+                # Names resolve from the moment a Pod has an IP, not once it is Ready: slurmd must reach
+                # slurmctld (and be reached) before any readiness could be judged.
+                "publishNotReadyAddresses": True,
+                "selector": {f"{LABEL}/cluster": self.config.name, f"{LABEL}/role": "node"},
+                "ports": [{"name": "slurmd", "port": 6818}],
+            },
+        }
+        self._call("create the nodes' Service", self.api.create_namespaced_service, self.namespace, service, tolerate=(409,))
+
+    def teardown(self) -> None:
+        names = [p.metadata.name for p in self._list_pods()]
+        for name in names:
+            self.delete(name)
+        for what, fn, name in (
+            ("Secret", self.api.delete_namespaced_secret, self.secret),
+            ("Service", self.api.delete_namespaced_service, self.service),
+            ("ConfigMap", self.api.delete_namespaced_config_map, self.owner),
+        ):
+            self._call(f"delete the {what} {name}", fn, name, self.namespace, tolerate=(404,))
+        deadline = time.monotonic() + 60
+        while self._list_pods() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def head_address(self) -> str:
+        return self.settings.head_address or f"{self.config.name}-head"
+
+    def address(self, node: str) -> str:
+        return f"{node}.{self.service}"
+
+    def enter(self) -> list[str]:
+        return ["ip", "netns", "exec", self.settings.network_namespace] if self.settings.network_namespace else []
+
+    # ----- nodes -----
+
+    def _ensure_secret(self, spec: NodeSpec) -> None:
+        data = {Path(target).name: base64.b64encode(Path(source).read_bytes()).decode() for target, source in spec.secrets.items()}
+        body = {"metadata": self._owned(self.secret), "type": "Opaque", "data": data}
+        self._call("create the cluster's Secret", self.api.create_namespaced_secret, self.namespace, body, tolerate=(409,))
+
+    def pod_manifest(self, spec: NodeSpec) -> dict[str, object]:
+        ns = self._nodeset[spec.name]
+        resources = {"cpu": str(spec.cpus), "memory": f"{spec.memory_mb}Mi"}
+        mounts: list[dict[str, object]] = []
+        volumes: list[dict[str, object]] = []
+        for i, target in enumerate(sorted({str(Path(t).parent) for t in spec.secrets})):
+            items = [{"key": Path(t).name, "path": Path(t).name, "mode": 0o400} for t in spec.secrets if str(Path(t).parent) == target]
+            volumes.append({"name": f"secret-{i}", "secret": {"secretName": self.secret, "items": items, "defaultMode": 0o400}})
+            mounts.append({"name": f"secret-{i}", "mountPath": target, "readOnly": True})
+        for i, b in enumerate(b for b in spec.binds if not b.head_only):
+            source = self.settings.shared_volume or {"hostPath": {"path": b.source, "type": "DirectoryOrCreate"}}
+            volumes.append({"name": f"shared-{i}", **source})
+            mounts.append({"name": f"shared-{i}", "mountPath": b.target, "readOnly": b.readonly})
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": self._owned(spec.name, **{f"{LABEL}/role": "node", f"{LABEL}/nodeset": ns.name, f"{LABEL}/node": spec.name}),
+            "spec": {
+                "hostname": spec.name,
+                "subdomain": self.service,
+                "restartPolicy": "Never",
+                "enableServiceLinks": False,
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": 10,
+                "containers": [
+                    {
+                        "name": "node",
+                        "image": ns.image or self.settings.image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": list(spec.command),
+                        "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
+                        "resources": {"requests": resources, "limits": resources},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": True,  # job steps run as their users, via setuid
+                            "capabilities": {"drop": ["ALL"], "add": CAPABILITIES},
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "volumeMounts": mounts,
+                    }
+                ],
+                "volumes": volumes,
+            },
+        }
+
+    def create(self, spec: NodeSpec) -> None:
+        if spec.name not in self._nodeset:
+            raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
+        try:
+            if spec.secrets:
+                self._ensure_secret(spec)
+            body = self.pod_manifest(spec)
+            deadline = time.monotonic() + 60
+            while self._call(f"create Pod {spec.name}", self.api.create_namespaced_pod, self.namespace, body, tolerate=(409,)) is None:
+                # The name is taken: by our own earlier attempt whose answer was lost (then it is done),
+                # or by a Pod of this name still terminating (then wait for it to go).
+                pod = self._call(f"read Pod {spec.name}", self.api.read_namespaced_pod, spec.name, self.namespace, tolerate=(404,))
+                if pod is not None and pod.metadata.deletion_timestamp is None:
+                    if (pod.metadata.labels or {}).get(f"{LABEL}/cluster") != self.config.name:
+                        raise ProviderError(f"a Pod named {spec.name} not made by this cluster exists in {self.namespace}")
+                    break
+                if time.monotonic() > deadline:
+                    raise ProviderError(f"Pod {spec.name} of an earlier node is still terminating")
+                time.sleep(0.5)
+        except Exception:
+            try:
+                self.delete(spec.name)
+            except ProviderError as exc:
+                log.warning("could not undo the failed start of %s: %s", spec.name, exc)
+            raise
+
+    def delete(self, name: str) -> None:
+        self._call(f"delete Pod {name}", self.api.delete_namespaced_pod, name, self.namespace, tolerate=(404,))
+        with self._lock:
+            self._pods.pop(name, None)
+
+    def list(self) -> dict[str, NodeInfo]:
+        self._follow()
+        if not self._synced.wait(TIMEOUT):
+            raise ProviderError("could not list the cluster's Pods (see the controller log)")
+        with self._lock:
+            pods = list(self._pods.values())
+        # A terminating Pod is gone as far as the cluster is concerned: its node was already removed.
+        return {p.metadata.name: _info(p) for p in pods if p.metadata.deletion_timestamp is None}
+
+    # ----- watch -----
+
+    def _list_pods(self) -> list[Any]:
+        result = self._call("list Pods", self.api.list_namespaced_pod, self.namespace, label_selector=self.selector)
+        return list(result.items) if result is not None else []
+
+    def _follow(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_forever, name="pod-watch", daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        """Stop following Pods (the watch ends at its next event or timeout)."""
+        self._closed.set()
+
+    def _watch_forever(self) -> None:
+        k8s = _k8s()
+        delay = 0.1
+        while not self._closed.is_set():
+            try:
+                listing = self._call("list Pods", self.api.list_namespaced_pod, self.namespace, label_selector=self.selector)
+                assert listing is not None
+                with self._lock:
+                    self._pods = {p.metadata.name: p for p in listing.items}
+                self._synced.set()
+                version = listing.metadata.resource_version
+                stream = k8s.watch.Watch().stream(
+                    self.api.list_namespaced_pod, self.namespace, label_selector=self.selector,
+                    resource_version=version, timeout_seconds=300, _request_timeout=330,
+                )
+                for event in stream:
+                    if self._closed.is_set():
+                        return
+                    pod = event["object"]
+                    with self._lock:
+                        if event["type"] == "DELETED":
+                            self._pods.pop(pod.metadata.name, None)
+                        else:
+                            self._pods[pod.metadata.name] = pod
+                    delay = 0.1
+            except k8s.client.exceptions.ApiException as exc:
+                # 410 Gone: our resourceVersion is too old; relisting is the cure, at once.
+                if exc.status != 410:
+                    log.warning("watching Pods: %s %s; relisting in %.1f s", exc.status, exc.reason, delay)
+                    self._closed.wait(delay)
+                    delay = min(delay * 2, 5.0)
+            except Exception as exc:
+                log.warning("watching Pods: %s; relisting in %.1f s", exc, delay)
+                self._closed.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    # ----- events -----
+
+    def record(self, event: dict[str, object]) -> None:
+        """Mirror one of Accordion's events as a Kubernetes Event (best effort: never fails the loop)."""
+        node = str(event.get("node") or "")
+        with self._lock:
+            pod = self._pods.get(node)
+        involved = (
+            {"apiVersion": "v1", "kind": "Pod", "name": node, "namespace": self.namespace, "uid": pod.metadata.uid}
+            if pod is not None
+            else {"apiVersion": "v1", "kind": "ConfigMap", "name": self.owner, "namespace": self.namespace}
+        )
+        kind = str(event["kind"])
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"name": f"{node or self.owner}.{time.time_ns():x}", "namespace": self.namespace, "labels": self._labels()},
+            "involvedObject": involved,
+            "reason": "Node" + kind.capitalize(),
+            "message": " ".join(x for x in (node, str(event.get("reason") or "")) if x) or kind,
+            "type": "Warning" if kind in ("failed", "lost") else "Normal",
+            "source": {"component": "accordion"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.api.create_namespaced_event(self.namespace, body, _request_timeout=5)
+        except Exception as exc:
+            log.warning("could not record event %s as a Kubernetes Event: %s", kind, exc)
+
+
+def _info(pod: Any) -> NodeInfo:
+    status = pod.status
+    reason = ""
+    phase = status.phase if status is not None else None
+    if phase in ("Failed", "Succeeded"):
+        reason = f"Pod {phase.lower()}" + (f" ({status.reason})" if status.reason else "")
+    for cs in (status.container_statuses or []) if status is not None else []:
+        state = cs.state
+        if state is not None and state.terminated is not None:
+            t = state.terminated
+            reason = f"container exited with code {t.exit_code}" + (f" ({t.reason})" if t.reason else "")
+        elif state is not None and state.waiting is not None and state.waiting.reason in STUCK:
+            reason = state.waiting.reason + (f": {state.waiting.message}" if state.waiting.message else "")
+    created = pod.metadata.creation_timestamp
+    return NodeInfo(pod.metadata.name, not reason, created.timestamp() if created is not None else time.time(), reason)

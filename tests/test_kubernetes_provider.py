@@ -1,0 +1,170 @@
+"""The Kubernetes provider against a real HTTP API stand-in (kmock), with faults injected.
+
+What a kubelet would do (run the Pod, report its status) is played here by patching Pod status through
+the API; tests/live/test_kubernetes.py runs the Pods for real with podman.
+"""
+
+from __future__ import annotations
+
+import time
+
+import kmock
+import pytest
+
+from accordion.config import ClusterConfig
+from accordion.paths import ClusterPaths
+from accordion.providers.base import Bind, NodeSpec, ProviderError
+from accordion.providers.kubernetes import KubernetesProvider
+from tests.k8s.apiserver import KMockThread
+
+NS = "hpc"
+
+
+@pytest.fixture
+def server():
+    with KMockThread() as km:
+        yield km
+
+
+@pytest.fixture
+def provider(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCORDION_STATE", str(tmp_path / "state"))
+    key = tmp_path / "munge.key"
+    key.write_bytes(b"k" * 1024)
+    config = ClusterConfig.model_validate({
+        "name": "kc", "provider": "kubernetes",
+        "kubernetes": {"namespace": NS, "kubeconfig": str(server.kubeconfig(tmp_path / "kubeconfig")), "image": "localhost/accordion-node:test"},
+        "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "memory_mb": 512},
+                     {"name": "big", "max_nodes": 1, "cpus": 4, "memory_mb": 2048, "image": "localhost/other:1"}],
+    })
+    p = KubernetesProvider(config, ClusterPaths("kc"))
+    p.key = key
+    p.setup()
+    yield p
+    p.close()
+
+
+def spec(p, name="hpc-node-0", cpus=2, memory=512):
+    return NodeSpec(name, cpus, memory, ["/usr/sbin/slurmd", "-D", "-N", name],
+                    [Bind("/run/x", "/run/munge", head_only=True), Bind("/srv/accordion/kc", "/srv/accordion/kc", readonly=False)],
+                    secrets={"/etc/munge-key/munge.key": str(p.key)})
+
+
+def pods(p):
+    return {x.metadata.name: x for x in p.api.list_namespaced_pod(NS).items}
+
+
+def wait(predicate, what, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def set_status(p, name, status):
+    p.api.patch_namespaced_pod_status(name, NS, {"status": status})
+
+
+def test_pod_spec_maps_the_node_set(provider):
+    provider.create(spec(provider))
+    provider.create(spec(provider, "big-0", 4, 2048))
+    got = pods(provider)
+    owner = provider.api.read_namespaced_config_map("accordion-kc", NS)
+    for name, cpus, mem, image in (("hpc-node-0", "2", "512Mi", "localhost/accordion-node:test"), ("big-0", "4", "2048Mi", "localhost/other:1")):
+        pod = got[name]
+        c = pod.spec.containers[0]
+        assert c.resources.requests == c.resources.limits == {"cpu": cpus, "memory": mem}
+        assert c.image == image
+        assert pod.spec.hostname == name and pod.spec.subdomain == "kc-nodes"
+        assert [(o.kind, o.name, o.uid) for o in pod.metadata.owner_references] == [("ConfigMap", "accordion-kc", owner.metadata.uid)]
+        mounts = {m.mount_path for m in c.volume_mounts}
+        assert mounts == {"/etc/munge-key", "/srv/accordion/kc"}  # the head's socket is not offered to Pods
+    secret = provider.api.read_namespaced_secret("kc-secrets", NS)
+    assert set(secret.data) == {"munge.key"} and secret.metadata.owner_references[0].name == "accordion-kc"
+    svc = provider.api.read_namespaced_service("kc-nodes", NS)
+    assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses is True
+    assert provider.address("hpc-node-0") == "hpc-node-0.kc-nodes"
+
+
+def test_list_follows_pod_status_through_the_watch(provider):
+    provider.create(spec(provider))
+    wait(lambda: "hpc-node-0" in provider.list(), "the new Pod in the watch cache")
+    assert provider.list()["hpc-node-0"].running
+    set_status(provider, "hpc-node-0", {"phase": "Pending", "containerStatuses": [{"name": "node", "image": "x", "imageID": "", "ready": False, "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]})
+    wait(lambda: not provider.list()["hpc-node-0"].running, "the failed Pod")
+    assert provider.list()["hpc-node-0"].reason == "ErrImagePull: no such image"
+    provider.delete("hpc-node-0")
+    wait(lambda: "hpc-node-0" not in provider.list(), "the deleted Pod to leave the cache")
+
+
+def test_server_error_on_create_is_retried_and_makes_one_pod(server, provider):
+    # kmock stores the Pod and then answers 500: the case of a create whose answer is lost. The retry
+    # meets 409 AlreadyExists and recognises its own Pod.
+    server.once("create v1/pods", kmock.KubernetesError(500, "InternalError", "injected"))
+    provider.create(spec(provider))
+    assert list(pods(provider)) == ["hpc-node-0"]
+
+
+def test_conflict_with_a_foreign_pod_is_an_error_not_a_takeover(provider):
+    provider.api.create_namespaced_pod(NS, {"metadata": {"name": "hpc-node-1", "labels": {"app": "other"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    with pytest.raises(ProviderError, match="not made by this cluster"):
+        provider.create(spec(provider, "hpc-node-1"))
+
+
+def test_refused_create_leaves_nothing_half_created(server, provider):
+    # kmock stores the Pod before answering with the injected error: the provider must undo it.
+    server.once("create v1/pods", kmock.KubernetesError(403, "Forbidden", "injected"))
+    with pytest.raises(ProviderError, match="403"):
+        provider.create(spec(provider))
+    assert pods(provider) == {}
+
+
+def test_persistent_server_errors_give_up_with_the_status(server, provider, monkeypatch):
+    monkeypatch.setattr("accordion.providers.kubernetes.ATTEMPTS", 3)
+    server.once("list v1/pods", kmock.KubernetesError(503, "ServiceUnavailable", "injected"), times=3)
+    with pytest.raises(ProviderError, match="list Pods: Kubernetes API answered 503"):
+        provider.teardown()
+
+
+def test_slow_api_is_retried(server, provider, monkeypatch):
+    import asyncio
+
+    monkeypatch.setattr("accordion.providers.kubernetes.TIMEOUT", 0.5)
+    server.once("delete v1/pods", lambda: asyncio.sleep(1.5), op=">>")
+    provider.create(spec(provider))
+    provider.delete("hpc-node-0")  # the first attempt times out; the retry deletes (or finds it gone)
+    assert pods(provider) == {}
+
+
+def test_watch_expiry_410_relists(server, provider):
+    gone = {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version"}}
+    server.once("watch v1/pods", (gone,))  # the provider's first watch expires at once
+    provider.create(spec(provider))
+    wait(lambda: "hpc-node-0" in provider.list(), "the first Pod")
+    lists = lambda: sum(1 for r in server.call(lambda h: list(h)) if r.action == kmock.action.LIST and r.resource is not None and r.resource.plural == "pods")  # noqa: E731
+    wait(lambda: lists() >= 2, "a relist after the 410")
+    provider.create(spec(provider, "hpc-node-1"))
+    provider.api.delete_namespaced_pod("hpc-node-0", NS)  # behind the provider's back: only the watch tells
+    wait(lambda: set(provider.list()) == {"hpc-node-1"}, "the cache to follow the new watch")
+
+
+def test_teardown_removes_every_object(provider):
+    provider.create(spec(provider))
+    provider.create(spec(provider, "hpc-node-1"))
+    provider.teardown()
+    assert pods(provider) == {}
+    assert [c.metadata.name for c in provider.api.list_namespaced_config_map(NS).items] == []
+    assert provider.api.list_namespaced_secret(NS).items == [] and provider.api.list_namespaced_service(NS).items == []
+
+
+def test_events_are_mirrored_as_kubernetes_events(provider):
+    provider.create(spec(provider))
+    wait(lambda: "hpc-node-0" in provider.list(), "the Pod")
+    provider.record({"kind": "failed", "node": "hpc-node-0", "reason": "did not register within 30 s"})
+    provider.record({"kind": "scaled", "nodeset": "compute", "reason": "pinned to 2 by hand"})
+    events = provider.api.list_namespaced_event(NS).items
+    got = {(e.involved_object.kind, e.involved_object.name, e.reason, e.type, e.message) for e in events}
+    assert ("Pod", "hpc-node-0", "NodeFailed", "Warning", "hpc-node-0 did not register within 30 s") in got
+    assert ("ConfigMap", "accordion-kc", "NodeScaled", "Normal", "pinned to 2 by hand") in got
