@@ -3,11 +3,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/setup.sh"
-# The report test opens the page in a real browser.
-if ! command -v chromium >/dev/null; then
-  echo "==> installing chromium (for the report rendering test)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-fi
+# The report test opens the page in a real browser; the Kubernetes stand-in serves cluster DNS with dnsmasq.
+for pkg in chromium dnsmasq-base; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    echo "==> installing $pkg (tests only)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+  fi
+done
+# The node image the Kubernetes end-to-end test runs (reused when its inputs have not changed).
+bash "$here/scripts/build-images.sh"
 venv=${ACCORDION_VENV:-/opt/accordion/venv}
 cd "$here"
 ACCORDION_REQUIRE_LIVE=1 exec "$venv/bin/python" -m pytest -v -p no:cacheprovider "$@" tests

@@ -111,6 +111,7 @@ def test_conflict_with_a_foreign_pod_is_an_error_not_a_takeover(provider):
     provider.api.create_namespaced_pod(NS, {"metadata": {"name": "hpc-node-1", "labels": {"app": "other"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}})
     with pytest.raises(ProviderError, match="not made by this cluster"):
         provider.create(spec(provider, "hpc-node-1"))
+    assert pods(provider)["hpc-node-1"].metadata.labels == {"app": "other"}  # left alone
 
 
 def test_refused_create_leaves_nothing_half_created(server, provider):

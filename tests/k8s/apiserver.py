@@ -48,8 +48,18 @@ def labels_match(labels: dict[str, str] | None, reqs: list[tuple[str, str, Any]]
     labels = labels or {}
     for key, op, val in reqs:
         present, cur = key in labels, labels.get(key)
-        ok = {'=': present and cur == val, '!=': cur != val, 'exists': present, '!exists': not present,
-              'in': present and cur in (val or set()), 'notin': cur not in (val or set())}[op]
+        if op == "=":
+            ok = present and cur == val
+        elif op == "!=":
+            ok = cur != val
+        elif op == "exists":
+            ok = present
+        elif op == "!exists":
+            ok = not present
+        elif op == "in":
+            ok = present and cur in val
+        else:  # notin
+            ok = cur not in val
         if not ok:
             return False
     return True
@@ -190,13 +200,16 @@ class KMockThread:
 
         self.call(inject)
 
-    def verbs(self) -> dict[str, set[str]]:
-        """The RBAC verbs, per resource[/subresource], of every request seen so far."""
+    def verbs(self, exclude_agent: str | None = None) -> dict[str, set[str]]:
+        """The RBAC verbs, per resource[/subresource], of every request seen so far (but those made with
+        User-Agent `exclude_agent`)."""
 
         def collect(h: Any) -> dict[str, set[str]]:
             out: dict[str, set[str]] = {}
             for r in h:
                 if r.resource is None or not r.resource.plural:
+                    continue
+                if exclude_agent and r.headers.get("User-Agent") == exclude_agent:
                     continue
                 method = str(r.method.value).upper()
                 if method == "GET":

@@ -216,23 +216,32 @@ class KubernetesProvider:
     def create(self, spec: NodeSpec) -> None:
         if spec.name not in self._nodeset:
             raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
+        foreign = False
         try:
             if spec.secrets:
                 self._ensure_secret(spec)
             body = self.pod_manifest(spec)
-            deadline = time.monotonic() + 60
+            since = time.monotonic()
             while self._call(f"create Pod {spec.name}", self.api.create_namespaced_pod, self.namespace, body, tolerate=(409,)) is None:
                 # The name is taken: by our own earlier attempt whose answer was lost (then it is done),
-                # or by a Pod of this name still terminating (then wait for it to go).
-                pod = self._call(f"read Pod {spec.name}", self.api.read_namespaced_pod, spec.name, self.namespace, tolerate=(404,))
+                # by a Pod of this name still terminating (then wait for it to go), or by someone else's
+                # Pod (which the watch, filtered on this cluster's label, never shows). The watch answers
+                # all three without a `get` permission.
+                self.list()
+                with self._lock:
+                    pod = self._pods.get(spec.name)
                 if pod is not None and pod.metadata.deletion_timestamp is None:
-                    if (pod.metadata.labels or {}).get(f"{LABEL}/cluster") != self.config.name:
-                        raise ProviderError(f"a Pod named {spec.name} not made by this cluster exists in {self.namespace}")
                     break
-                if time.monotonic() > deadline:
+                waited = time.monotonic() - since
+                if pod is None and waited > 3:  # the watch shows this cluster's Pods well within that
+                    foreign = True
+                    raise ProviderError(f"a Pod named {spec.name} not made by this cluster exists in {self.namespace}")
+                if waited > 60:
                     raise ProviderError(f"Pod {spec.name} of an earlier node is still terminating")
                 time.sleep(0.5)
         except Exception:
+            if foreign:
+                raise  # not ours to delete
             try:
                 self.delete(spec.name)
             except ProviderError as exc:

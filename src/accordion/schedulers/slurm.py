@@ -262,8 +262,10 @@ class SlurmScheduler:
                 Bind(sock_dir, "/run/munge", readonly=True, head_only=True),
                 Bind(str(self.paths.shared), str(self.paths.shared), readonly=False),
             ],
-            # Nodes that cannot share the head's munged socket run their own with the cluster's key.
+            # Nodes that cannot share the head's munged socket run their own with the cluster's key,
+            # reachable at the path slurm.conf's AuthInfo names (the node image's entrypoint links it).
             secrets={"/etc/munge-key/munge.key": str(self.paths.state / "munge" / "munge.key")},
+            env={"SLURM_AUTH_SOCKET": str(munge_socket(self.paths))},
         )
 
     def _update(self, nodes: list[str], *args: str) -> None:

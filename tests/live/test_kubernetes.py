@@ -1,0 +1,109 @@
+"""Appendix C with Pods: the Kubernetes provider end to end, through a real HTTP API stand-in (kmock)
+and a kubelet stand-in that runs the Pods the provider created with `podman kube play`, from the node
+image built by scripts/build-images.sh. No Kubernetes API server can run here: see the README."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.k8s.apiserver import KMockThread
+from tests.k8s.kubelet import BRIDGE_IP, ClusterNetwork, Kubelet
+from tests.live.cluster import LiveCluster, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "hpc"
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL"}
+
+
+def podman_env() -> dict[str, str]:
+    out = subprocess.run(["bash", str(REPO / "scripts/build-images.sh"), "--print-env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    for line in out.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value.strip("'\"")
+    return env
+
+
+def node_image(env) -> str:
+    version = next(line.split('"')[1] for line in (REPO / "pyproject.toml").read_text().splitlines() if line.startswith("version"))
+    image = f"localhost/accordion-node:{version}"
+    if subprocess.run(["podman", "image", "exists", image], env=env).returncode != 0:
+        if os.environ.get("ACCORDION_REQUIRE_LIVE"):
+            raise AssertionError(f"{image} is missing: scripts/test.sh builds it with scripts/build-images.sh")
+        pytest.skip(f"{image} not built (scripts/build-images.sh)")
+    return image
+
+
+def role_rules() -> dict[str, set[str]]:
+    role = yaml.safe_load((REPO / "deploy/kubernetes/role.yaml").read_text())
+    rules: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""], rule
+        for resource in rule["resources"]:
+            rules.setdefault(resource, set()).update(rule["verbs"])
+    return rules
+
+
+@pytest.fixture
+def kube(tmp_path):
+    env = podman_env()
+    image = node_image(env)
+    tag = uuid.uuid4().hex[:6]
+    network = ClusterNetwork(f"kube-{tag}", NS, tmp_path / "net")
+    network.setup()
+    server = KMockThread().start()
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(server.kubeconfig(tmp_path / "kubeconfig")), client_configuration=cfg)
+    api_client = client.ApiClient(cfg)
+    api_client.user_agent = "kubelet-stand-in"  # kept out of the controller's recorded calls
+    kubelet = Kubelet(client.CoreV1Api(api_client), NS, network, tmp_path / "pods", env).start()
+    yield {"server": server, "kubelet": kubelet, "network": network, "image": image, "tag": tag, "kubeconfig": tmp_path / "kubeconfig", "env": env}
+    kubelet.stop()
+    server.stop()
+    network.teardown()
+
+
+def test_appendix_c_walkthrough_with_pods(kube, tmp_path):
+    c = LiveCluster(f"k-{kube['tag']}", {
+        "provider": "kubernetes",
+        "kubernetes": {"namespace": NS, "kubeconfig": str(kube["kubeconfig"]), "image": kube["image"],
+                       "head_address": BRIDGE_IP, "network_namespace": kube["network"].netns},
+        "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 5}],
+    }, tmp_path)
+    server, kubelet, env = kube["server"], kube["kubelet"], kube["env"]
+    try:
+        c.up()
+        assert c.containers() == set()
+        job = c.sbatch("srun hostname", "-N2", "-o", str(c.shared / "out.txt"), name="two")
+        # Job submitted -> Pods created through the API -> containers from the node image -> slurmd registers.
+        wait_for(lambda: set(kubelet.played) >= {"hpc-node-0", "hpc-node-1"}, 60, "two Pods created through the API")
+        state = c.wait_job(job, DONE, 180)
+        out = (c.shared / "out.txt").read_text() if (c.shared / "out.txt").exists() else "no output"
+        assert state == "COMPLETED", out
+        assert sorted((c.shared / "out.txt").read_text().split()) == ["hpc-node-0", "hpc-node-1"]
+        running = subprocess.run(["podman", "ps", "--format", "{{.Names}} {{.Image}}"], capture_output=True, text=True, env=env).stdout
+        assert f"hpc-node-0-node {kube['image']}" in running
+        # Idle Pods deleted through the API -> containers gone.
+        wait_for(lambda: kubelet.pods == {}, 60, "idle Pods deleted and their containers removed")
+        names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, env=env).stdout.split()
+        assert not [n for n in names if n.startswith("hpc-node-")]
+        calls = server.verbs(exclude_agent="kubelet-stand-in")
+        assert "delete" in calls["pods"] and "create" in calls["pods"] and "watch" in calls["pods"]
+        events = {e.reason for e in kubelet.api.list_namespaced_event(NS).items}
+        assert {"NodeRequested", "NodeRegistered", "NodeRemoved"} <= events, events
+        status = c.status()
+        assert status["nodesets"][0]["name"] == "compute"
+    finally:
+        c.down()
+    # RBAC: every call the controller (and `accordion up`/`down`) made is granted by the chart's Role,
+    # and the Role grants nothing that was not used.
+    assert server.verbs(exclude_agent="kubelet-stand-in") == role_rules()
+    assert not [n for n in subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, env=env).stdout.split() if n.startswith("hpc-node-")]
