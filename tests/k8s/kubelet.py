@@ -58,6 +58,9 @@ class ClusterNetwork:
         self.dnsmasq = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.netns}", "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
              f"--addn-hosts={self.hosts}", f"--listen-address={BRIDGE_IP}", "--bind-interfaces", "--user=root",
+             # Authoritative for every name, as cluster DNS is for its domain: a Pod that does not exist
+             # (yet) is NXDOMAIN at once, not a "try again" that slurmctld waits on for seconds per node.
+             "--local=/#/",
              f"--pid-file={self.workdir / 'dnsmasq.pid'}", "--log-facility=-"],
             stdout=subprocess.DEVNULL, stderr=open(self.workdir / "dnsmasq.log", "wb"),
         )

@@ -229,7 +229,9 @@ class SlurmScheduler:
                 self.paths.logs / "slurmctld.out",
                 self.paths.pids / "slurmctld.pid",
             )
-        wait_until(self._responding, 30, f"slurmctld did not answer; see {ctl_log}")
+        # slurmctld resolves every node's address at startup and, in 22.05, retries ~10 s on a name that
+        # does not resolve: Pods' DNS names exist only while their Pod does (Kubernetes provider).
+        wait_until(self._responding, 30 + 10 * len(self.config.all_nodes()), f"slurmctld did not answer; see {ctl_log}")
 
     def _responding(self) -> bool:
         try:
