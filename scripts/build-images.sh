@@ -37,7 +37,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The containers.conf limits must not exceed the host's hard limits (raising them needs CAP_SYS_RESOURCE).
+# The containers.conf limits must not exceed the host's hard limits (raising them needs CAP_SYS_RESOURCE;
+# podman itself runs with nproc capped at 32768 here, whatever `ulimit -Hu` says: see containers.conf).
 # `podman build` ignores default_ulimits (its RUN steps then fail to set nproc/nofile): pass them explicitly.
 ulimits=()
 for u in $(sed -n 's/^default_ulimits *= *\[\(.*\)\]/\1/p' "$CONTAINERS_CONF" | tr -d '"' | tr ',' ' '); do
