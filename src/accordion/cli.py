@@ -109,8 +109,11 @@ def down(
     names = all_clusters() if all_ else [_cluster_name(cluster)]
     for name in names:
         c = _load(name)
-        with err.status(f"[bold]{name}[/]: stopping") as status:
-            c.down(lambda step: status.update(f"[bold]{name}[/]: stopping {step}"))
+        try:
+            with err.status(f"[bold]{name}[/]: stopping") as status:
+                c.down(lambda step: status.update(f"[bold]{name}[/]: stopping {step}"))
+        except ClusterError as exc:
+            raise fail(f"{name}: {exc}") from None
         err.print(f"[green]✓[/] cluster [bold]{name}[/] is down; nothing left behind")
 
 

@@ -15,6 +15,7 @@ from accordion.config import ClusterConfig, ConfigError, parse_config
 from accordion.events import EventLog
 from accordion.paths import ClusterPaths, all_clusters, run_root, shared_root, state_root
 from accordion.providers import make_provider
+from accordion.providers.base import ProviderError
 from accordion.schedulers import make_scheduler
 from accordion.store import read_json, write_json
 
@@ -143,7 +144,13 @@ class Cluster:
         progress("controller")
         self.stop_controller()
         progress("nodes")
-        self.provider.teardown()
+        try:
+            self.provider.teardown()
+        except ProviderError as exc:
+            # Nodes may remain where the provider could not reach (a Kubernetes API that is down): stop
+            # what runs here anyway, but keep the cluster's files so that `down` can be run again.
+            self.scheduler.teardown()
+            raise ClusterError(f"{exc}; the scheduler is stopped, nodes may remain: run `accordion down` again once this is fixed") from None
         progress(f"{self.config.scheduler} server")
         self.scheduler.teardown()
         progress("files")

@@ -201,6 +201,13 @@ class Kubelet:
                 container.setdefault("volumeMounts", []).append({"name": "kubelet-resolv", "mountPath": "/etc/resolv.conf", "readOnly": True})
             played = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": manifest["metadata"].get("labels", {})}, "spec": spec}
             self.pods[name]["file"].write_text(yaml.safe_dump(played))
+            # No registry is reachable here: an image not present locally cannot be pulled (asking podman
+            # to pull it hangs on the network instead of failing).
+            for container in spec["containers"]:
+                if sh("podman", "image", "exists", container["image"], check=False, env=self.env).returncode != 0:
+                    message = f"{container['image']}: not found (no registry reachable)"
+                    self._status(name, "Pending", {"waiting": {"reason": "ErrImagePull", "message": message}})
+                    return
             self._network(veth, netns, ip)
             self.network.publish(ip, self._names(spec, name))
             out = sh("nsenter", f"--net=/run/netns/{netns}", "podman", "kube", "play", "--network", "host", str(self.pods[name]["file"]), check=False, env=self.env)

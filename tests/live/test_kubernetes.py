@@ -76,7 +76,9 @@ def test_appendix_c_walkthrough_with_pods(kube, tmp_path):
         "provider": "kubernetes",
         "kubernetes": {"namespace": NS, "kubeconfig": str(kube["kubeconfig"]), "image": kube["image"],
                        "head_address": BRIDGE_IP, "network_namespace": kube["network"].netns},
-        "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 5}],
+        "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 5},
+                     {"name": "broken", "max_nodes": 1, "cpus": 1, "memory_mb": 256, "image": "localhost/accordion-missing:0"}],
+        "controller": {"max_start_failures": 1},
     }, tmp_path)
     server, kubelet, env = kube["server"], kube["kubelet"], kube["env"]
     try:
@@ -101,6 +103,18 @@ def test_appendix_c_walkthrough_with_pods(kube, tmp_path):
         assert {"NodeRequested", "NodeRegistered", "NodeRemoved"} <= events, events
         status = c.status()
         assert status["nodesets"][0]["name"] == "compute"
+        # A Pod whose image cannot be pulled: reported to Slurm and given up (max_start_failures: 1), with
+        # the kubelet's reason in the event.
+        c.sbatch("true", "-p", "broken", name="doomed")
+        try:
+            failed = wait_for(lambda: [e for e in c.events() if e["kind"] == "failed" and e.get("node") == "broken-0"], 60, "the broken Pod to be given up")
+        except AssertionError:
+            log = (Path("/var/lib/accordion") / c.name / "logs" / "controller.log").read_text()[-3000:]
+            raise AssertionError(log) from None
+        assert "ErrImagePull" in failed[0]["reason"], failed
+        assert "ErrImagePull" in c.sh("scontrol show node broken-0 | grep Reason")
+        wait_for(lambda: c.node_states("broken").get("broken-0") == "failed", 10, "broken-0 shown as failed")
+        assert {e.reason for e in kubelet.api.list_namespaced_event(NS).items} >= {"NodeFailed"}
     finally:
         c.down()
     # RBAC: every call the controller (and `accordion up`/`down`) made is granted by the chart's Role,

@@ -278,7 +278,16 @@ class SlurmScheduler:
         """Tell Slurm these nodes have no container; any job on them is requeued per its policy."""
         if not nodes:
             return
-        victims = self._cmd(["squeue", "-h", "-t", "R,CF,CG", "-w", ",".join(nodes), "-o", "%i"]).split()
+        from ClusterShell.NodeSet import NodeSet as HostList
+
+        # Filtered here, not with `squeue -w`: that resolves the names, and a node whose Pod never got an
+        # address (no DNS name) would make it fail.
+        gone = set(nodes)
+        victims = [
+            job
+            for job, _, hosts in (line.partition(" ") for line in self._cmd(["squeue", "-h", "-t", "R,CF,CG", "-o", "%i %N"]).splitlines())
+            if hosts.strip() and gone & set(HostList(hosts.strip()))
+        ]
         # Drained as well as down: with ReturnToService=2 a reply from the dead slurmd still in flight (a
         # ping answered just before it died) would otherwise put the node back in service with no container
         # behind it. The drain flag is lifted only when a new container starts (node_starting).
