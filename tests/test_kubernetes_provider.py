@@ -169,3 +169,10 @@ def test_events_are_mirrored_as_kubernetes_events(provider):
     got = {(e.involved_object.kind, e.involved_object.name, e.reason, e.type, e.message) for e in events}
     assert ("Pod", "hpc-node-0", "NodeFailed", "Warning", "hpc-node-0 did not register within 30 s") in got
     assert ("ConfigMap", "accordion-kc", "NodeScaled", "Normal", "pinned to 2 by hand") in got
+
+
+@pytest.mark.parametrize("kubeconfig, expected", [("/nonexistent", "kubernetes.kubeconfig /nonexistent"), (None, "in-cluster configuration")])
+def test_unusable_client_configuration_is_a_clear_error(tmp_path, kubeconfig, expected):
+    config = ClusterConfig.model_validate({"name": "kc", "provider": "kubernetes", "kubernetes": {"kubeconfig": kubeconfig}})
+    with pytest.raises(ProviderError, match=expected):
+        KubernetesProvider(config, ClusterPaths("kc")).setup()

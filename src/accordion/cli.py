@@ -103,6 +103,9 @@ def up(
 def down(
     cluster: ClusterOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="Take down every cluster on this machine.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove the cluster here even if its nodes cannot be removed (e.g. the Kubernetes API is gone).")
+    ] = False,
 ) -> None:
     """Stop everything: nodes, scheduler, controller, and remove the cluster's files."""
     _need_root()
@@ -111,7 +114,7 @@ def down(
         c = _load(name)
         try:
             with err.status(f"[bold]{name}[/]: stopping") as status:
-                c.down(lambda step: status.update(f"[bold]{name}[/]: stopping {step}"))
+                c.down(lambda step: status.update(f"[bold]{name}[/]: stopping {step}"), force=force)
         except ClusterError as exc:
             raise fail(f"{name}: {exc}") from None
         err.print(f"[green]✓[/] cluster [bold]{name}[/] is down; nothing left behind")

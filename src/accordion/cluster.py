@@ -113,7 +113,7 @@ class Cluster:
         except BaseException:
             if fresh:
                 progress("cleaning up after the failure")
-                self.down(lambda _: None)
+                self.down(lambda _: None, force=True)
             raise
 
     def _wait_ready(self, progress: Progress, wait: float) -> None:
@@ -140,7 +140,8 @@ class Cluster:
             time.sleep(0.1)
         raise ClusterError(f"the cluster did not become ready within {wait:.0f} s; see {self.paths.logs}")
 
-    def down(self, progress: Progress) -> None:
+    def down(self, progress: Progress, force: bool = False) -> None:
+        """`force`: remove what is here even if the provider cannot remove the nodes."""
         progress("controller")
         self.stop_controller()
         progress("nodes")
@@ -150,7 +151,12 @@ class Cluster:
             # Nodes may remain where the provider could not reach (a Kubernetes API that is down): stop
             # what runs here anyway, but keep the cluster's files so that `down` can be run again.
             self.scheduler.teardown()
-            raise ClusterError(f"{exc}; the scheduler is stopped, nodes may remain: run `accordion down` again once this is fixed") from None
+            if not force:
+                raise ClusterError(
+                    f"{exc}; the scheduler is stopped, nodes may remain: run `accordion down` again once this is "
+                    "fixed, or `accordion down --force` to forget them"
+                ) from None
+            progress(f"nodes left behind: {exc}")
         progress(f"{self.config.scheduler} server")
         self.scheduler.teardown()
         progress("files")

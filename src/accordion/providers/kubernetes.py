@@ -76,10 +76,14 @@ class KubernetesProvider:
         if self._api is None:
             k8s = _k8s()
             cfg = k8s.client.Configuration()
-            if self.settings.kubeconfig:
-                k8s.config.load_kube_config(config_file=self.settings.kubeconfig, client_configuration=cfg)
-            else:
-                k8s.config.load_incluster_config(client_configuration=cfg)
+            try:
+                if self.settings.kubeconfig:
+                    k8s.config.load_kube_config(config_file=self.settings.kubeconfig, client_configuration=cfg)
+                else:
+                    k8s.config.load_incluster_config(client_configuration=cfg)
+            except (k8s.config.ConfigException, OSError) as exc:
+                where = f"kubernetes.kubeconfig {self.settings.kubeconfig}" if self.settings.kubeconfig else "in-cluster configuration (no kubernetes.kubeconfig given)"
+                raise ProviderError(f"cannot use the {where}: {exc}") from None
             # Retries are ours (with backoff, and knowing which calls are safe to repeat), not urllib3's.
             cfg.retries = False
             self._api = k8s.client.CoreV1Api(k8s.client.ApiClient(cfg))
