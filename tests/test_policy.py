@@ -1,8 +1,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accordion.model import Job, Node, NodeSetSpec, NodeState, Snapshot
-from accordion.policy import decide
+from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
+from accordion.policy import by_name, decide, fcfs, longest_absent, node_order
 
 SPEC = NodeSetSpec("c", min_nodes=0, max_nodes=4, cpus=2, idle_timeout=60)
 
@@ -148,3 +148,132 @@ def test_longest_absent_node_is_started_first():
     ns[0] = Node("c-0", "c", NodeState.ABSENT, 50.0)  # just removed
     p = plan_for(tuple(ns), [job(1)], now=60)
     assert [s.node for s in p.start] == ["c-1"]
+
+
+def plain_decide(snapshot):
+    """The policy written plainly (every list sorted, every slot kept, every job looked at): the optimised
+    `decide` must make exactly the same plans."""
+    name_order = lambda n: node_order(n.name)  # noqa: E731
+    plan = Plan()
+    for spec in snapshot.nodesets:
+        now, cpus = snapshot.now, spec.cpus
+        mine = [n for n in snapshot.nodes if n.nodeset == spec.name]
+        of = lambda state: sorted((n for n in mine if n.state == state), key=name_order)  # noqa: E731
+        starting = []
+        for n in of(NodeState.STARTING):
+            if now - n.since > snapshot.resume_timeout:
+                reason = f"did not register within {snapshot.resume_timeout:.0f} s"
+                plan.stop.append(Stop(n.name, spec.name, reason, failed=True))
+            else:
+                starting.append(n)
+        idle, busy, absent = of(NodeState.IDLE), of(NodeState.BUSY), of(NodeState.ABSENT)
+        active = len(starting) + len(idle) + len(busy)
+        oldest_absent = sorted(absent, key=lambda n: n.since)
+        if spec.pinned is not None:
+            target = max(0, min(spec.pinned, spec.max_nodes))
+            reason = f"scaled to {target} by hand"
+            if active < target:
+                plan.start += [Start(n.name, spec.name, reason) for n in oldest_absent[: target - active]]
+            elif active > target:
+                gone = (sorted(idle, key=lambda n: n.since) + starting[::-1] + busy[::-1])[: active - target]
+                plan.stop += [Stop(n.name, spec.name, reason) for n in gone]
+            continue
+        slots = [[n.name, n.free_cpus] for n in busy if n.free_cpus > 0] + [[n.name, cpus] for n in idle + starting]
+        wanted, new_reasons, blocked = set(), [], False
+        room = min(spec.max_nodes - active, len(absent))
+        waiting = [j for j in snapshot.jobs if j.nodeset == spec.name and not j.running and j.wants_resources]
+        for job in sorted(waiting, key=lambda j: (j.submit_time, node_order(j.id))):
+            need = cpus if job.exclusive else job.cpus_per_node
+            usable = [s for s in slots if s[1] >= need][: max(job.nodes, 0)]
+            new = job.nodes - len(usable)
+            if need > cpus or new > room - len(new_reasons):
+                blocked = blocked or (need <= cpus and job.nodes <= spec.max_nodes)
+                continue
+            for s in usable:
+                s[1] -= need
+                wanted.add(s[0])
+            what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
+            slots += [[None, cpus - need] for _ in range(new)]
+            new_reasons += [f"job {job.id} needs {what}"] * max(new, 0)
+        while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
+            new_reasons.append(f"min_nodes is {spec.min_nodes}")
+        plan.start += [Start(n.name, spec.name, r) for n, r in zip(oldest_absent, new_reasons)]
+        if blocked:
+            continue
+        removable = sorted(
+            (n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout),
+            key=lambda n: (n.since, node_order(n.name)),
+        )
+        keep = max(0, spec.min_nodes - (active - len(removable)))
+        for n in removable[: max(0, len(removable) - keep)]:
+            plan.stop.append(Stop(n.name, spec.name, f"idle {now - n.since:.0f} s"))
+    return plan
+
+
+# Few distinct names, times and ids, so that ties (c-1 and c-01 sort alike) and every branch are reached.
+NAMES = [f"{p}-{i}" for p in "cd" for i in range(6)] + ["c-01", "c-002", "c", "x7"]
+random_nodes = st.lists(
+    st.builds(
+        Node,
+        st.sampled_from(NAMES),
+        st.sampled_from(["c", "c", "c", "d", "other"]),
+        st.sampled_from([*NodeState, NodeState.ABSENT, NodeState.ABSENT, NodeState.IDLE, NodeState.BUSY]),
+        st.sampled_from([0.0, 5.0, 20.0, 50.0]),
+        st.integers(0, 3),
+    ),
+    max_size=14,
+    unique_by=lambda n: n.name,
+)
+random_jobs = st.lists(
+    st.builds(
+        Job,
+        st.sampled_from(["1", "2", "10", "01", "a"]),
+        st.sampled_from(["c", "c", "c", "d", "other"]),
+        st.sampled_from([-1, 0, 1, 1, 2, 3, 6]),
+        st.integers(0, 4),
+        st.sampled_from([False, False, False, True]),
+        st.sampled_from([0.0, 1.0, 2.0]),
+        st.sampled_from([True, True, True, False]),
+        exclusive=st.booleans(),
+    ),
+    max_size=10,
+)
+random_specs = st.lists(
+    st.builds(
+        NodeSetSpec,
+        st.sampled_from(["c", "c", "d"]),
+        st.sampled_from([0, 0, 1, 3]),
+        st.integers(0, 8),
+        st.integers(1, 3),
+        st.sampled_from([0, 10, 30]),
+        st.sampled_from([None, None, None, 0, 2, 5]),
+    ),
+    min_size=1,
+    max_size=2,
+    unique_by=lambda s: s.name,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(specs=random_specs, ns=random_nodes, js=random_jobs, now=st.sampled_from([10.0, 30.0, 100.0]))
+def test_same_plans_as_the_plain_policy(specs, ns, js, now):
+    s = Snapshot(now, tuple(specs), tuple(ns), tuple(js), resume_timeout=8.0)
+    assert decide(s) == plain_decide(s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ns=random_nodes, first=st.one_of(st.none(), st.integers(0, 15)), in_order=st.booleans())
+def test_node_orders(ns, first, in_order):
+    if in_order:  # the simulator's snapshots are already in name order: a shortcut
+        ns = sorted(ns, key=lambda n: node_order(n.name))
+    assert by_name(ns, first) == sorted(ns, key=lambda n: node_order(n.name))[:first]
+    by_since = sorted(sorted(ns, key=lambda n: node_order(n.name)), key=lambda n: n.since)
+    assert longest_absent(ns, first) == by_since[:first]
+
+
+@settings(max_examples=300, deadline=None)
+@given(js=random_jobs, in_order=st.booleans())
+def test_fcfs_order(js, in_order):
+    if in_order:  # the simulator's queue is already in order: a shortcut
+        js = sorted(js, key=lambda j: (j.submit_time, node_order(j.id)))
+    assert fcfs(js) == sorted(js, key=lambda j: (j.submit_time, node_order(j.id)))

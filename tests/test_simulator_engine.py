@@ -1,5 +1,6 @@
 """The simulator on hand-made workloads whose outcome is worked out in each test."""
 
+import dataclasses
 import math
 import random
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from accordion import policy as live_policy
-from accordion.model import Plan, Snapshot, Stop
+from accordion.model import Node, Plan, Snapshot, Stop
 from accordion.simulator.engine import ClusterModel, SimulationError, fit_to, simulate
 from accordion.simulator.metrics import summarize, waits
 from accordion.simulator.policies import CHSC, POLICIES, powersave, static
@@ -198,3 +199,17 @@ def test_deterministic_across_processes():
         for seed in ("1", "2")
     }
     assert len(outs) == 1 and "never_started" in outs.pop()
+
+
+def test_snapshot_nodes_are_nodes():
+    """The engine builds snapshot nodes without Node.__init__ (its largest cost): they must be the same."""
+    seen = []
+
+    def spy(s: Snapshot) -> Plan:
+        seen.extend(s.nodes)
+        return live_policy.decide(s)
+
+    run(random_jobs(60), spy, nodes=16, idle_timeout=60)
+    fields = {f.name for f in dataclasses.fields(Node)}
+    assert seen and all(vars(n).keys() == fields for n in seen)
+    assert all(n == Node(n.name, n.nodeset, n.state, n.since, n.free_cpus) for n in seen)

@@ -13,12 +13,12 @@ removing it, so a job the scheduler places meanwhile is never killed.
 from __future__ import annotations
 
 import heapq
+import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
-from itertools import islice
-from operator import attrgetter
+from itertools import compress, count, islice, repeat
+from operator import attrgetter, ge, le, lt
 
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
 
@@ -34,8 +34,8 @@ def node_order(name: str) -> tuple[str, int]:
 _name = attrgetter("name")
 _id = attrgetter("id")
 _submit_time = attrgetter("submit_time")
-_nodeset = attrgetter("nodeset")
-_STATES = tuple(NodeState)
+_since = attrgetter("since")
+_ABSENT, _STARTING, _IDLE, _BUSY = NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY
 
 
 def by_name(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
@@ -44,16 +44,24 @@ def by_name(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
     nodes = list(nodes)
     if len(nodes) < 2:
         return nodes[:first]
-    keys = list(map(node_order, map(_name, nodes))).__getitem__
-    order = range(len(nodes))
-    picked = sorted(order, key=keys) if first is None else heapq.nsmallest(first, order, key=keys)
+    keys = list(map(node_order, map(_name, nodes)))
+    if all(map(le, keys, islice(keys, 1, None))):  # already in order, as the simulator's snapshots are
+        return nodes if first is None else nodes[: max(first, 0)]
+    key, order = keys.__getitem__, range(len(nodes))
+    picked = sorted(order, key=key) if first is None else heapq.nsmallest(first, order, key=key)
     return [nodes[i] for i in picked]
 
 
 def longest_absent(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
     """Absent nodes to start, longest gone first (ties in name order): a name just removed is reused last,
     so a new node does not receive what the scheduler still sends to its dead predecessor."""
-    return sorted(by_name(nodes), key=attrgetter("since"))[:first]
+    nodes = list(nodes)
+    if first is not None and 0 < first < len(nodes):
+        # Only nodes gone no later than the first-th longest gone can be among the first: sort those.
+        since = list(map(_since, nodes))
+        last = heapq.nsmallest(first, since)[-1]
+        nodes = list(compress(nodes, map(le, since, repeat(last))))
+    return sorted(by_name(nodes), key=_since)[:first]
 
 
 def fcfs(jobs: list[Job]) -> list[Job]:
@@ -61,125 +69,142 @@ def fcfs(jobs: list[Job]) -> list[Job]:
     done as two stable sorts, secondary key first, with the per-job work kept in C."""
     if len(jobs) < 2:
         return jobs
+    times = list(map(_submit_time, jobs))
+    if all(map(lt, times, islice(times, 1, None))):
+        return jobs  # the simulator's queue is already in order
     ids = list(map(node_order, map(_id, jobs))).__getitem__
     return sorted([jobs[i] for i in sorted(range(len(jobs)), key=ids)], key=_submit_time)
 
 
-@dataclass
-class _Slot:
-    node: str | None  # None: a node to be started
-    free: int
+def nodes_by_state(nodes: tuple[Node, ...], nodeset: str) -> tuple[list[Node], list[Node], int, list[Node], list[Node]]:
+    """A node set's starting and idle nodes, how many are busy, those with free CPUs, and its absent nodes,
+    in snapshot order. One pass of identity tests, busy nodes counted rather than listed: the simulator
+    calls the policy hundreds of thousands of times, each call looking at every node (and hashing a
+    NodeState runs Python code, so no dict keyed by state)."""
+    starting: list[Node] = []
+    idle: list[Node] = []
+    busy_free: list[Node] = []
+    absent: list[Node] = []
+    others = 0
+    for n in nodes:
+        if n.nodeset is not nodeset and n.nodeset != nodeset:  # `is` first: the simulator's names are one object
+            others += 1
+            continue
+        state = n.state
+        if state is _BUSY:
+            if n.free_cpus > 0:
+                busy_free.append(n)
+        elif state is _ABSENT:
+            absent.append(n)
+        elif state is _IDLE:
+            idle.append(n)
+        elif state is _STARTING:
+            starting.append(n)
+        else:
+            others += 1
+    busy = len(nodes) - others - len(starting) - len(idle) - len(absent)
+    return starting, idle, busy, busy_free, absent
 
 
-def _per_node(job: Job, cpus: int) -> int:
-    return cpus if job.exclusive else job.cpus_per_node
+def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: list[Node], room: int) -> tuple[set[str], list[str], bool]:
+    """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and
+    up to `room` new ones: the nodes some job was fitted onto, a reason per new node, and whether a job
+    could run here once busy nodes free up (idle nodes are then kept for it)."""
+    cpus = spec.cpus
+    # Slots (node, free CPUs) as two parallel lists, so that finding where a job fits runs in C.
+    slot_node: list[str | None] = [n.name for n in nodes]
+    slot_free = [n.free_cpus if n.state is _BUSY else cpus for n in nodes]
+    wanted: set[str] = set()
+    new_reasons: list[str] = []
+    needs = [cpus if j.exclusive else j.cpus_per_node for j in waiting]  # CPUs per node
+    blocked = False
+    # A slot with less room than every waiting job needs is never used again: not keeping it, and stopping
+    # once nothing can fit any more, keeps long queues on large clusters cheap (the simulator's hot path).
+    smallest = min(needs)
+    most = max(slot_free, default=-math.inf)
+    # How many slots have room for a given need, until a job takes some: most waiting jobs fit nowhere.
+    have: dict[int, int] = {}
+    for job, need in zip(waiting, needs):
+        left = room - len(new_reasons)
+        if blocked and left == 0 and most < smallest:
+            break
+        if need > cpus:
+            continue  # can never run here
+        k = max(job.nodes, 0)
+        if need not in have:
+            have[need] = sum(map(ge, slot_free, repeat(need)))
+        new = job.nodes - min(k, have[need])
+        if new > left:
+            blocked = blocked or job.nodes <= spec.max_nodes
+            continue
+        # The first slots with room for it, in slot order.
+        for slot in list(islice(compress(count(), map(ge, slot_free, repeat(need))), k)):
+            slot_free[slot] -= need
+            node = slot_node[slot]
+            if node is not None:
+                wanted.add(node)
+        what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
+        for _ in range(new):
+            if cpus - need >= smallest:
+                slot_node.append(None)
+                slot_free.append(cpus - need)
+            new_reasons.append(f"job {job.id} needs {what}")
+        have.clear()
+        most = max(slot_free, default=-math.inf)
+    return wanted, new_reasons, blocked
 
 
-def _fit(job: Job, slots: list[_Slot], cpus: int, room: int) -> tuple[list[_Slot], int] | None:
-    """Slots the job would use and how many new nodes it needs, or None if it cannot fit now."""
-    need = _per_node(job, cpus)
-    if need > cpus:
-        return None
-    usable = list(islice((s for s in slots if s.free >= need), max(job.nodes, 0)))
-    new = job.nodes - len(usable)
-    if new > room:
-        return None
-    return usable, new
-
-
-def decide_nodeset(
-    spec: NodeSetSpec, by_state: dict[NodeState, list[Node]], jobs: list[Job], now: float, resume_timeout: float
-) -> Plan:
-    """The plan for one node set, given its nodes by state. Nodes are put in name order only where order
+def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, plan: Plan) -> None:
+    """Add one node set's starts and stops to the plan. Nodes are put in name order only where order
     matters: sorting every node on every call made the simulator slow on large clusters."""
-    plan = Plan()
+    name, now = spec.name, snapshot.now
+    starting_all, idle, busy, busy_free, absent = nodes_by_state(snapshot.nodes, name)
     starting = []
-    for n in by_name(by_state[NodeState.STARTING]):
+    resume_timeout = snapshot.resume_timeout
+    for n in by_name(starting_all):
         if now - n.since > resume_timeout:
-            plan.stop.append(Stop(n.name, spec.name, f"did not register within {resume_timeout:.0f} s", failed=True))
+            plan.stop.append(Stop(n.name, name, f"did not register within {resume_timeout:.0f} s", failed=True))
         else:
             starting.append(n)
-    idle, busy, absent = by_name(by_state[NodeState.IDLE]), by_state[NodeState.BUSY], by_state[NodeState.ABSENT]
-    active = len(starting) + len(idle) + len(busy)
+    idle = by_name(idle)
+    active = len(starting) + len(idle) + busy
 
     if spec.pinned is not None:
         target = max(0, min(spec.pinned, spec.max_nodes))
         reason = f"scaled to {target} by hand"
         if active < target:
-            plan.start += [Start(n.name, spec.name, reason) for n in longest_absent(absent, target - active)]
+            plan.start += [Start(n.name, name, reason) for n in longest_absent(absent, target - active)]
         elif active > target:
             longest_idle = sorted(idle, key=lambda n: n.since)
-            for n in (longest_idle + starting[::-1] + by_name(busy)[::-1])[: active - target]:
-                plan.stop.append(Stop(n.name, spec.name, reason))
-        return plan
+            busy_nodes = [n for n in snapshot.nodes if n.nodeset == name and n.state is _BUSY]
+            for n in (longest_idle + starting[::-1] + by_name(busy_nodes)[::-1])[: active - target]:
+                plan.stop.append(Stop(n.name, name, reason))
+        return
 
-    slots = [_Slot(n.name, n.free_cpus) for n in by_name([n for n in busy if n.free_cpus > 0])]
-    slots += [_Slot(n.name, spec.cpus) for n in idle + starting]
-    wanted: set[str] = set()
-    new_reasons: list[str] = []
     room = min(spec.max_nodes - active, len(absent))
-    waiting = fcfs([j for j in jobs if not j.running and j.wants_resources and j.nodeset == spec.name])
-    blocked = False  # a job that could run here once busy nodes free up: keep idle nodes for it
-    # A slot with less room than every waiting job needs is never used again: not keeping it, and stopping
-    # once nothing can fit any more, keeps long queues on large clusters cheap (the simulator's hot path).
-    smallest = min((_per_node(j, spec.cpus) for j in waiting), default=0)
-    for job in waiting:
-        left = room - len(new_reasons)
-        if blocked and left == 0 and not any(s.free >= smallest for s in slots):
-            break
-        fit = _fit(job, slots, spec.cpus, left)
-        if fit is None:
-            blocked = blocked or (_per_node(job, spec.cpus) <= spec.cpus and job.nodes <= spec.max_nodes)
-            continue
-        usable, new = fit
-        need = _per_node(job, spec.cpus)
-        for s in usable:
-            s.free -= need
-            if s.node is not None:
-                wanted.add(s.node)
-        what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
-        for _ in range(new):
-            if spec.cpus - need >= smallest:
-                slots.append(_Slot(None, spec.cpus - need))
-            new_reasons.append(f"job {job.id} needs {what}")
+    waiting = fcfs([j for j in snapshot.jobs if not j.running and j.wants_resources and j.nodeset == name])
+    if waiting:
+        wanted, new_reasons, blocked = _fit(spec, waiting, by_name(busy_free) + idle + starting, room)
+    else:
+        wanted, new_reasons, blocked = set(), [], False
     while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
         new_reasons.append(f"min_nodes is {spec.min_nodes}")
     if new_reasons:
-        plan.start += [Start(n.name, spec.name, r) for n, r in zip(longest_absent(absent, len(new_reasons)), new_reasons)]
+        plan.start += [Start(n.name, name, r) for n, r in zip(longest_absent(absent, len(new_reasons)), new_reasons)]
 
+    if blocked:
+        return
     removable = sorted(
-        (n for n in idle if not blocked and n.name not in wanted and now - n.since >= spec.idle_timeout),
+        (n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout),
         key=lambda n: (n.since, node_order(n.name)),
     )
     keep = max(0, spec.min_nodes - (active - len(removable)))
     for n in removable[: max(0, len(removable) - keep)]:
-        plan.stop.append(Stop(n.name, spec.name, f"idle {now - n.since:.0f} s"))
-    return plan
-
-
-def _group(snapshot: Snapshot) -> dict[str, dict[NodeState, list[Node]]]:
-    """Nodes by node set and state, in snapshot order, in one pass (the simulator's hottest loop)."""
-    groups = {spec.name: {s: [] for s in _STATES} for spec in snapshot.nodesets}
-    names = set(map(_nodeset, snapshot.nodes))
-    if len(names) == 1 and names <= groups.keys():  # the usual case: no per-node node set test
-        add = {s: nodes.append for s, nodes in groups[names.pop()].items()}
-        for n in snapshot.nodes:
-            add[n.state](n)
-    else:
-        for n in snapshot.nodes:
-            by_state = groups.get(n.nodeset)
-            if by_state is not None:
-                by_state[n.state].append(n)
-    return groups
+        plan.stop.append(Stop(n.name, name, f"idle {now - n.since:.0f} s"))
 
 
 def decide(snapshot: Snapshot) -> Plan:
     plan = Plan()
-    groups = _group(snapshot)
     for spec in snapshot.nodesets:
-        name = spec.name
-        jobs = [j for j in snapshot.jobs if j.nodeset == name]
-        part = decide_nodeset(spec, groups[name], jobs, snapshot.now, snapshot.resume_timeout)
-        plan.start += part.start
-        plan.stop += part.stop
+        decide_nodeset(spec, snapshot, plan)
     return plan

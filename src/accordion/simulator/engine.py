@@ -15,6 +15,8 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress, count, islice, repeat
+from operator import le
 
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot
 from accordion.simulator.traces import TraceJob
@@ -24,6 +26,7 @@ NODESET = "sim"
 
 ABSENT, STARTING, IDLE, BUSY, DRAINING = (NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY, NodeState.DRAINING)
 _END, _READY, _GONE, _WAKE = range(4)
+_new, _setattr = object.__new__, object.__setattr__
 
 
 class SimulationError(RuntimeError):
@@ -120,11 +123,12 @@ class Simulation:
         self.job_on = [-1] * n
         self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
         self.dirty: set[int] = set()  # nodes whose Node object is out of date: rebuilt once per policy call
-        self.idle_heap: list[int] = []  # lowest index first, as Slurm picks nodes; stale entries skipped
+        self.idle: list[int] = []  # sorted: jobs take the lowest-numbered idle nodes, as Slurm picks them
         # Idle timeouts in the order they expire (nodes go idle in time order): only the earliest is an event.
         self.expiries: deque[tuple[float, int, int]] = deque()
         self.wake_at = math.inf
-        self.n_idle = self.provisioned = self.busy = self.demand = 0
+        self.idle_t = self.idle_until = math.nan  # the last _after(t, idle_timeout): nodes go idle together
+        self.provisioned = self.busy = self.demand = 0
         self.events: list[tuple[float, int, int, int, int]] = []
         self.seq = 0
         self.node_seconds = 0.0
@@ -144,12 +148,26 @@ class Simulation:
         self.free[x] = free
         self.dirty.add(x)
 
-    def _idle(self, x: int, t: float) -> None:
-        self._set(x, IDLE, t, self.cluster.cpus_per_node)
-        self.n_idle += 1
-        heapq.heappush(self.idle_heap, x)
+    def _idle(self, xs: list[int], t: float) -> None:
+        """Nodes xs (in increasing order) become idle at t."""
+        gen, state, since, free = self.gen, self.state, self.since, self.free
+        cpn = self.cluster.cpus_per_node
+        for x in xs:
+            gen[x] += 1
+            state[x] = IDLE
+            since[x] = t
+            free[x] = cpn
+        self.dirty.update(xs)
+        idle = self.idle
+        if idle and idle[-1] > xs[0]:
+            idle += xs
+            idle.sort()  # a merge of two sorted runs
+        else:
+            idle += xs
         if self.idle_timeout < math.inf:
-            self.expiries.append((_after(t, self.idle_timeout), x, self.gen[x]))
+            if t != self.idle_t:
+                self.idle_t, self.idle_until = t, _after(t, self.idle_timeout)
+            self.expiries.extend([(self.idle_until, x, gen[x]) for x in xs])
 
     def _expired(self, t: float) -> bool:
         """Forget idle timeouts reached by t; whether one of them is a node still idle since then."""
@@ -183,16 +201,18 @@ class Simulation:
         self.demand += tj.procs
 
     def _start(self, j: int, t: float) -> None:
-        got = []
-        heap, state, job_on = self.idle_heap, self.state, self.job_on
-        while len(got) < self.k[j]:
-            x = heapq.heappop(heap)
-            if state[x] is IDLE:  # else a stale entry
-                got.append(x)
-                job_on[x] = j
-                self._set(x, BUSY, t)
-        self.n_idle -= len(got)
-        self.busy += len(got)
+        k, idle = self.k[j], self.idle
+        got = idle[:k]
+        del idle[:k]
+        gen, state, since, free, job_on = self.gen, self.state, self.since, self.free, self.job_on
+        for x in got:
+            gen[x] += 1
+            state[x] = BUSY
+            since[x] = t
+            free[x] = 0
+            job_on[x] = j
+        self.dirty.update(got)
+        self.busy += k
         self.running[j] = got
         self.usable[j] = len(got)
         insort(self.by_end, (t + self.est[j], j))
@@ -207,21 +227,25 @@ class Simulation:
         by_end = self.by_end
         del by_end[bisect_left(by_end, (self.start[j] + self.est[j], j))]
         self.demand -= self.jobs[j].procs
+        job_on, state = self.job_on, self.state
+        back = []
         for x in got:
-            if self.job_on[x] != j:
+            if job_on[x] != j:
                 continue  # already taken away (a killing stop)
             self.busy -= 1
-            if self.state[x] is BUSY:
-                self.job_on[x] = -1
-                self._idle(x, t)
+            if state[x] is BUSY:
+                job_on[x] = -1
+                back.append(x)
             else:
                 self._remove(x, t)
+        if back:
+            self._idle(back, t)
 
     # ----- the batch scheduler -----
 
     def _reservation(self, need: int, t: float) -> tuple[float, int]:
         """EASY: when the head job can start by running jobs' estimates, and nodes spare at that time."""
-        avail = self.n_idle
+        avail = len(self.idle)
         for end, j in self.by_end:
             avail += self.usable[j]
             if avail >= need:
@@ -230,50 +254,56 @@ class Simulation:
         return math.inf, 0
 
     def _schedule(self, t: float) -> None:
-        q, k = self.queue, self.k
+        q, k, idle = self.queue, self.k, self.idle
         i = 0
-        while i < len(q) and k[q[i]] <= self.n_idle:
+        while i < len(q) and k[q[i]] <= len(idle):
             self._start(q[i], t)
             i += 1
-        if i == len(q) or self.n_idle == 0:
-            del q[:i]
+        del q[:i]
+        if not q or not idle:
             return
-        shadow, extra = self._reservation(k[q[i]], t)
-        keep = [q[i]]
+        shadow, extra = self._reservation(k[q[0]], t)
         est = self.est
-        for pos in range(i + 1, len(q)):
+        # Only jobs small enough for the idle nodes can start: found in C, since queues can be long.
+        small = list(compress(count(1), map(le, map(k.__getitem__, islice(q, 1, None)), repeat(len(idle)))))
+        started = []
+        for pos in small:
             j = q[pos]
-            if k[j] <= self.n_idle:
+            if k[j] <= len(idle):
                 before = t + est[j] <= shadow
                 if before or k[j] <= extra:
                     self._start(j, t)
+                    started.append(pos)
                     if not before:
                         extra -= k[j]
-                    if self.n_idle == 0:
-                        keep += q[pos + 1 :]
+                    if not idle:
                         break
-                    continue
-            keep.append(j)
-        self.queue = keep
+        for pos in reversed(started):
+            del q[pos]
 
     # ----- the policy -----
 
     def _decide(self, t: float) -> None:
+        nodes, names, state, since, free = self.nodes, self.names, self.state, self.since, self.free
         for x in self.dirty:
-            self.nodes[x] = Node(self.names[x], NODESET, self.state[x], self.since[x], self.free[x])
+            # Node(...) runs a frozen dataclass's five object.__setattr__ calls, which were the engine's
+            # largest cost: the same object, its fields set at once (test_snapshot_nodes_are_nodes).
+            node = _new(Node)
+            fields = {"name": names[x], "nodeset": NODESET, "state": state[x], "since": since[x], "free_cpus": free[x]}
+            _setattr(node, "__dict__", fields)
+            nodes[x] = node
         self.dirty.clear()
         jobs = tuple(map(self.job_objs.__getitem__, self.queue))
-        snap = Snapshot(t, (self.spec,), tuple(self.nodes), jobs, self.resume_timeout)  # type: ignore[arg-type]
+        snap = Snapshot(t, (self.spec,), tuple(nodes), jobs, self.resume_timeout)  # type: ignore[arg-type]
         plan = self.policy(snap)
         self.calls += 1
-        state = self.state
         for stop in plan.stop:
             x = self.index[stop.node]
             s = state[x]
             if s is ABSENT or s is DRAINING:
                 continue
             if s is IDLE:
-                self.n_idle -= 1
+                self.idle.remove(x)
                 self._remove(x, t)
             elif s is STARTING:
                 self._remove(x, t)
@@ -327,6 +357,7 @@ class Simulation:
             self.node_seconds += self.provisioned * (t - last)
             last = t
             changed = woke = gone = False
+            ready = []
             while i < n and sub[i] == t:
                 self._submit(i, t)
                 i += 1
@@ -344,12 +375,15 @@ class Simulation:
                 elif gen[x] != g:
                     continue
                 elif kind == _READY:
-                    self._idle(x, t)
-                    changed = True
+                    ready.append(x)
                 else:
                     self._set(x, ABSENT, t)
                     self.provisioned -= 1
                     gone = True
+            if ready:
+                ready.sort()
+                self._idle(ready, t)
+                changed = True
             if changed:
                 self._schedule(t)
             # A node gone is an event only for a waiting job, which may want its slot.

@@ -13,19 +13,11 @@ from operator import attrgetter
 
 from accordion import policy
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
-from accordion.policy import by_name, fcfs, node_order
+from accordion.policy import by_name, fcfs, node_order, nodes_by_state
 from accordion.simulator.engine import Policy
 
-ABSENT, STARTING, IDLE, BUSY = NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY
+ABSENT = NodeState.ABSENT
 _id = attrgetter("id")
-
-
-def _by_state(snapshot: Snapshot, spec: NodeSetSpec) -> dict[NodeState, list[Node]]:
-    by_state: dict[NodeState, list[Node]] = {s: [] for s in NodeState}
-    for n in snapshot.nodes:
-        if n.nodeset == spec.name:
-            by_state[n.state].append(n)
-    return by_state
 
 
 def _waiting(snapshot: Snapshot, spec: NodeSetSpec) -> list[Job]:
@@ -33,12 +25,11 @@ def _waiting(snapshot: Snapshot, spec: NodeSetSpec) -> list[Job]:
 
 
 def _stop_idle(
-    spec: NodeSetSpec, by_state: dict[NodeState, list[Node]], now: float, keep: frozenset[str] | set[str] = frozenset()
+    spec: NodeSetSpec, active: int, idle: list[Node], now: float, keep: frozenset[str] | set[str] = frozenset()
 ) -> list[Stop]:
     """Idle nodes past the idle timeout (except `keep`), longest idle first, down to min_nodes."""
-    active = len(by_state[STARTING]) + len(by_state[IDLE]) + len(by_state[BUSY])
     expired = sorted(
-        (n for n in by_state[IDLE] if now - n.since >= spec.idle_timeout and n.name not in keep),
+        (n for n in idle if now - n.since >= spec.idle_timeout and n.name not in keep),
         key=lambda n: (n.since, node_order(n.name)),
     )
     count = max(0, min(len(expired), active - spec.min_nodes))
@@ -64,14 +55,14 @@ class CHSC:
         plan = Plan()
         waiting_now: set[str] = set()
         for spec in snapshot.nodesets:
-            by_state = _by_state(snapshot, spec)
+            starting, idle, busy, _, absent = nodes_by_state(snapshot.nodes, spec.name)
             waiting = _waiting(snapshot, spec)
             ids = set(map(_id, waiting))
             if ids - self.seen:  # set operations: queues grow long under this policy
                 new = fcfs([j for j in waiting if j.id not in self.seen])
-                absent = by_name(by_state[ABSENT], len(new))
+                absent = by_name(absent, len(new))
                 plan.start += [Start(n.name, spec.name, f"job {j.id} waits") for n, j in zip(absent, new)]
-            plan.stop += _stop_idle(spec, by_state, snapshot.now)
+            plan.stop += _stop_idle(spec, len(starting) + len(idle) + busy, idle, snapshot.now)
             waiting_now |= ids
         self.seen = waiting_now  # a job that stopped waiting never waits again
         return plan
@@ -89,9 +80,9 @@ def powersave(snapshot: Snapshot) -> Plan:
     """
     plan = Plan()
     for spec in snapshot.nodesets:
-        by_state = _by_state(snapshot, spec)
-        free = by_name(by_state[IDLE] + by_state[STARTING])
-        absent = by_name(by_state[ABSENT])
+        starting, idle, busy, _, absent = nodes_by_state(snapshot.nodes, spec.name)
+        free = by_name(idle + starting)
+        in_order = False  # absent nodes are put in name order only once a job needs some: most calls none
         allocated: set[str] = set()
         for job in fcfs(_waiting(snapshot, spec)):
             if job.nodes > len(free) + len(absent):
@@ -99,9 +90,11 @@ def powersave(snapshot: Snapshot) -> Plan:
             taken, free = free[: job.nodes], free[job.nodes :]
             allocated.update(n.name for n in taken)
             more = job.nodes - len(taken)
+            if more and not in_order:
+                absent, in_order = by_name(absent), True
             plan.start += [Start(n.name, spec.name, f"job {job.id} allocated") for n in absent[:more]]
             absent = absent[more:]
-        plan.stop += _stop_idle(spec, by_state, snapshot.now, allocated)
+        plan.stop += _stop_idle(spec, len(starting) + len(idle) + busy, idle, snapshot.now, allocated)
     return plan
 
 
