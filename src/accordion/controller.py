@@ -229,10 +229,11 @@ class Controller:
             if before is not None and before != n.state:
                 # Registration is often faster than one poll: a node may go from absent to busy unseen.
                 if before in (NodeState.ABSENT, NodeState.STARTING) and n.state in (NodeState.IDLE, NodeState.BUSY):
-                    self.events.emit("registered", n.name, n.nodeset, f"{snap.now - n.since:.2f} s after start" if before == NodeState.STARTING else "")
+                    asked = self.requested_at.pop(n.name, None)
+                    # n.since is already the registered node's (idle since): time it from the request.
+                    self.events.emit("registered", n.name, n.nodeset, f"{snap.now - asked:.2f} s after it was requested" if asked is not None else "")
                     if self.failures.pop(n.name, None):
                         self._save()
-                    asked = self.requested_at.pop(n.name, None)
                     if asked is not None and self.metrics:
                         self.metrics.provision.labels(self.config.name, n.nodeset).observe(snap.now - asked)
                 if n.state == NodeState.BUSY:
