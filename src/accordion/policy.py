@@ -106,9 +106,10 @@ def nodes_by_state(nodes: tuple[Node, ...], nodeset: str) -> tuple[list[Node], l
     return starting, idle, busy, busy_free, absent
 
 
-def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: list[Node], room: int) -> tuple[set[str], list[str]]:
+def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: list[Node], room: int) -> tuple[set[str], list[str], bool]:
     """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and
-    up to `room` new ones: the nodes some job was fitted onto and a reason per new node."""
+    up to `room` new ones: the nodes some job was fitted onto, a reason per new node, and whether a job
+    could run here once busy nodes free up (idle nodes are then kept for it)."""
     cpus = spec.cpus
     # Slots (node, free CPUs) as two parallel lists, so that finding where a job fits runs in C.
     slot_node: list[str | None] = [n.name for n in nodes]
@@ -116,7 +117,7 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: list[Node], room: int) ->
     wanted: set[str] = set()
     new_reasons: list[str] = []
     needs = [cpus if j.exclusive else j.cpus_per_node for j in waiting]  # CPUs per node
-    blocked = False  # some job must wait for busy nodes: once no room is left, nothing more can be fitted
+    blocked = False
     # A slot with less room than every waiting job needs is never used again: not keeping it, and stopping
     # once nothing can fit any more, keeps long queues on large clusters cheap (the simulator's hot path).
     smallest = min(needs)
@@ -150,7 +151,7 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: list[Node], room: int) ->
             new_reasons.append(f"job {job.id} needs {what}")
         have.clear()
         most = max(slot_free, default=-math.inf)
-    return wanted, new_reasons
+    return wanted, new_reasons, blocked
 
 
 def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, plan: Plan) -> None:
@@ -183,16 +184,16 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, plan: Plan) -> None:
     room = min(spec.max_nodes - active, len(absent))
     waiting = fcfs([j for j in snapshot.jobs if not j.running and j.wants_resources and j.nodeset == name])
     if waiting:
-        wanted, new_reasons = _fit(spec, waiting, by_name(busy_free) + idle + starting, room)
+        wanted, new_reasons, blocked = _fit(spec, waiting, by_name(busy_free) + idle + starting, room)
     else:
-        wanted, new_reasons = set(), []
+        wanted, new_reasons, blocked = set(), [], False
     while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
         new_reasons.append(f"min_nodes is {spec.min_nodes}")
     if new_reasons:
         plan.start += [Start(n.name, name, r) for n, r in zip(longest_absent(absent, len(new_reasons)), new_reasons)]
 
-    # Idle nodes go after idle_timeout even while a job waits for busy ones to free up: keeping them for it
-    # (as this policy once did) cost 3-12% more node-hours on the shared traces for the same waits.
+    if blocked:
+        return
     removable = sorted(
         (n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout),
         key=lambda n: (n.since, node_order(n.name)),
