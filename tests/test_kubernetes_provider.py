@@ -6,7 +6,6 @@ the API; tests/live/test_kubernetes.py runs the Pods for real with podman.
 
 from __future__ import annotations
 
-import time
 
 import kmock
 import pytest
@@ -15,6 +14,7 @@ from accordion.config import ClusterConfig
 from accordion.paths import ClusterPaths
 from accordion.providers.base import Bind, NodeSpec, ProviderError
 from accordion.providers.kubernetes import KubernetesProvider
+from accordion.sh import wait_until
 from tests.k8s.apiserver import KMockThread
 
 NS = "hpc"
@@ -55,12 +55,7 @@ def pods(p):
 
 
 def wait(predicate, what, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(predicate, timeout, f"timed out waiting for {what}", interval=0.05)
 
 
 def set_status(p, name, status):

@@ -193,15 +193,11 @@ class Controller:
         states = {n.name: n.state for n in snap.nodes}
         for stop in plan.stop:
             launch = self.launches.get(stop.node)
-            if launch is not None:
-                launch.abandoned = True
-                if stop.failed:
-                    self._start_failed(stop.node, stop.reason)
+            if launch is not None or stop.failed or states[stop.node] == NodeState.STARTING:
+                if launch is not None:
+                    launch.abandoned = True  # its start still runs: deleted once it returns (_collect)
                 else:
-                    self.scheduler.mark_absent([stop.node])
-                    self.events.emit("removed", stop.node, stop.nodeset, stop.reason)
-            elif stop.failed or states[stop.node] == NodeState.STARTING:
-                self.provider.delete(stop.node)
+                    self.provider.delete(stop.node)
                 if stop.failed:
                     self._start_failed(stop.node, stop.reason)
                 else:

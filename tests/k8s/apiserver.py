@@ -170,14 +170,6 @@ class KMockThread:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout)
 
-    def requests(self) -> list[tuple[str, str, str | None, str | None, str | None]]:
-        """(METHOD, path?query, k8s action, resource, subresource) of every request seen so far."""
-        def snap(h: Any) -> list[tuple[str, str, str | None, str | None, str | None]]:
-            return [(str(r.method.value).upper(), r.url.path_qs,
-                     r.action.value if r.action else None,
-                     str(r.resource) if r.resource else None, r.subresource) for r in h]
-        return self.call(snap)
-
     def stop(self, timeout: float = 10.0) -> None:
         if self._loop is not None and self._stop is not None and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._stop.set)

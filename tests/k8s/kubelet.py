@@ -25,11 +25,13 @@ from typing import Any
 
 import yaml
 
+from accordion.sh import run
+
 BRIDGE_IP = "10.88.0.1"
 
 
-def sh(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=120, **kw)
+def sh(*argv: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run(argv, check=check, timeout=120, env=env)
 
 
 class ClusterNetwork:

@@ -6,6 +6,24 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+# What slurmd/sshd and job steps need as root inside a node, whatever runs it: run steps as the submitting
+# user (SETUID/SETGID/SETPCAP), manage spool and job files (CHOWN/DAC_OVERRIDE/FOWNER/FSETID), signal steps
+# (KILL), bind low ports (sshd), chroot for privilege separation (sshd), audit records (login).
+NODE_CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "AUDIT_WRITE",
+]
+
+
 @dataclass(frozen=True)
 class Bind:
     source: str

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from accordion.config import ClusterConfig, KubernetesSettings
 from accordion.paths import ClusterPaths
-from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
+from accordion.providers.base import NODE_CAPABILITIES, NodeInfo, NodeSpec, ProviderError
 
 log = logging.getLogger("accordion.kubernetes")
 
@@ -38,9 +38,6 @@ ATTEMPTS = 6  # 0.1 + 0.2 + ... + 3.2 s of backoff: a few seconds of API server 
 TIMEOUT = 10  # seconds for any one request
 # Waiting reasons after which a container will not start without a change from someone.
 STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
-# What a node needs beyond an unprivileged container: slurmd starts job steps as their users and
-# manages its spool (same list, same reasons, as the local provider).
-CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "AUDIT_WRITE"]
 LABEL = "accordion.io"
 
 
@@ -207,7 +204,7 @@ class KubernetesProvider:
                         "resources": {"requests": resources, "limits": resources},
                         "securityContext": {
                             "allowPrivilegeEscalation": True,  # job steps run as their users, via setuid
-                            "capabilities": {"drop": ["ALL"], "add": CAPABILITIES},
+                            "capabilities": {"drop": ["ALL"], "add": NODE_CAPABILITIES},
                             "seccompProfile": {"type": "RuntimeDefault"},
                         },
                         "volumeMounts": mounts,

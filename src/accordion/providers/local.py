@@ -23,7 +23,7 @@ from pathlib import Path
 
 from accordion.config import ClusterConfig
 from accordion.paths import ClusterPaths, run_root, state_root
-from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
+from accordion.providers.base import NODE_CAPABILITIES, NodeInfo, NodeSpec, ProviderError
 from accordion.sh import CommandError, run
 from accordion.store import private
 
@@ -34,22 +34,8 @@ BRIDGE = "br0"
 # `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
 START_TIMEOUT = 30
 
-# What slurmd/sshd and job steps need as root inside a node: run steps as the submitting user
-# (SETUID/SETGID/SETPCAP), manage spool and job files (CHOWN/DAC_OVERRIDE/FOWNER/FSETID), signal steps
-# (KILL), bind low ports (sshd), chroot for privilege separation (sshd), audit records (login).
-CAPABILITIES = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_AUDIT_WRITE",
-]
+# OCI spells capabilities with their CAP_ prefix.
+CAPABILITIES = [f"CAP_{c}" for c in NODE_CAPABILITIES]
 
 
 # Syscalls no job or node daemon needs and that widen what a compromised node could do to the host
