@@ -60,6 +60,9 @@ class FakeScheduler:
     def node_starting(self, node):
         pass
 
+    def node_started(self, node):
+        pass
+
     def release(self, node, reason):
         cur = self.state[node]
         busy = cur.state == SchedState.BUSY

@@ -218,6 +218,7 @@ class Controller:
     def _start(self, node: str) -> None:
         self.scheduler.node_starting(node)
         self.provider.create(self.scheduler.node_spec(node))
+        self.scheduler.node_started(node)
 
     def _transitions(self, snap: Snapshot) -> None:
         for n in snap.nodes:

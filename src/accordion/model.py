@@ -10,24 +10,30 @@ from enum import StrEnum
 
 
 class SchedState(StrEnum):
-    """A node as the scheduler sees it."""
+    """A node as the scheduler sees it. Jobs come first: a node with jobs or allocated CPUs on it is BUSY or
+    DRAINING whatever else the scheduler says of it (not responding, unknown after a restart, down while its
+    jobs are still being requeued)."""
 
-    UNKNOWN = "unknown"  # not registered, down, or not responding
+    UNKNOWN = "unknown"  # nothing on it, and not answering: never registered, or not answering right now
     IDLE = "idle"
-    BUSY = "busy"  # at least one job on it
-    DRAINING = "draining"  # taken out of service by Accordion, jobs still on it
-    DRAINED = "drained"  # taken out of service by Accordion, empty: safe to remove
+    BUSY = "busy"  # jobs or allocated CPUs on it
+    DRAINING = "draining"  # drained by Accordion, jobs still on it
+    DRAINED = "drained"  # drained by Accordion, empty: safe to remove
+    HELD = "held"  # drained by someone else (an administrator, the scheduler itself), empty: not ours to use
+    DOWN = "down"  # set down by the scheduler itself (not by Accordion), empty: its container is of no use
 
 
 class NodeState(StrEnum):
     """A node as the policy sees it: provider and scheduler views merged."""
 
     ABSENT = "absent"  # no container
-    STARTING = "starting"  # container up, not registered yet
+    STARTING = "starting"  # container up, never registered
     IDLE = "idle"
     BUSY = "busy"
+    UNRESPONSIVE = "unresponsive"  # registered once, not answering now: kept, neither used nor removed
     DRAINING = "draining"  # leaving: no new jobs, removed once empty
-    FAILED = "failed"  # gave up starting it; not retried until the cluster restarts or it is rescaled
+    HELD = "held"  # drained by an administrator or by the scheduler: not used until they resume it
+    FAILED = "failed"  # its last start failed: not started again before its retry time
 
 
 @dataclass(frozen=True)
@@ -36,24 +42,41 @@ class SchedNode:
     state: SchedState
     free_cpus: int
     idle_since: float | None = None
-    reason: str = ""
-    marked_absent: bool = False  # the scheduler already knows there is no container behind it
+    reason: str = ""  # why it is drained or down (without Accordion's prefix)
+    marked_absent: bool = False  # Accordion told the scheduler there is no container behind it
     absent_since: float | None = None  # when it was marked absent, if the scheduler records it
+    free_mem: int = 0  # MB; 0 when the scheduler does not count memory
+    responding: bool = True
+    held: bool = False  # drained or set down by someone other than Accordion (BUSY nodes included)
 
 
 @dataclass(frozen=True)
 class Job:
+    """A job as its scheduler describes it. Its shape on a node set (how many nodes, of how many CPUs and
+    how much memory) depends on that node set's node size: see `policy.shape`."""
+
     id: str
-    nodeset: str
-    nodes: int
-    cpus_per_node: int
+    nodeset: str  # the first node set it may run in
+    nodes: int  # at least this many nodes
+    cpus_per_node: int  # at least this many CPUs on each
     running: bool
     submit_time: float
-    # Pending for lack of nodes (as opposed to a dependency, a hold, a begin time, ...).
+    # Pending for lack of nodes (as opposed to a dependency, a hold, a begin time, a limit, ...).
     wants_resources: bool = True
     node_names: tuple[str, ...] = ()
     reason: str = ""
     exclusive: bool = False  # wants whole nodes whatever its CPU count
+    nodesets: tuple[str, ...] = ()  # every node set it may run in (several partitions), in its order
+    cpus: int = 0  # CPUs in all (0: nodes x cpus_per_node); `-n 4` is 4 nodes of 1 CPU or 1 node of 4
+    mem_per_node: int = 0  # MB on each node (0: none asked)
+    mem_per_cpu: int = 0  # MB per allocated CPU (0: none asked)
+    required: tuple[str, ...] = ()  # node names it must have (sbatch -w)
+    excluded: tuple[str, ...] = ()  # node names it must not have (sbatch --exclude)
+    count: int = 1  # identical jobs it stands for (the pending tasks of an array)
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return self.nodesets or (self.nodeset,)
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,7 @@ class Node:
     state: NodeState
     since: float  # when it entered its state (created, idle since, ...)
     free_cpus: int = 0
+    free_mem: int = 0  # MB free on a busy node (idle and starting nodes have their node set's memory)
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,7 @@ class NodeSetSpec:
     cpus: int
     idle_timeout: float
     pinned: int | None = None  # set by `accordion scale NODESET N`
+    memory_mb: int = 0  # per node; 0: memory is not counted (the simulator)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from accordion.errors import ProviderError  # re-exported: providers raise it
+
 
 # What slurmd/sshd and job steps need as root inside a node, whatever runs it: run steps as the submitting
 # user (SETUID/SETGID/SETPCAP), manage spool and job files (CHOWN/DAC_OVERRIDE/FOWNER/FSETID), signal steps
@@ -53,8 +55,7 @@ class NodeInfo:
     reason: str = ""  # why it is not running, when the provider knows
 
 
-class ProviderError(RuntimeError):
-    pass
+__all__ = ["Bind", "NodeInfo", "NodeSpec", "Provider", "ProviderError", "NODE_CAPABILITIES"]
 
 
 class Provider(Protocol):

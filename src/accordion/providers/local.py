@@ -311,13 +311,12 @@ class LocalProvider:
         nodes: dict[str, NodeInfo] = {}
         if not self.paths.nodes.is_dir():
             return nodes
-        states: dict[str, str] = {}
+        # A listing that fails is an error, never "no containers": the controller would delete every node.
         try:
             listing = run(self._runc() + ["list", "--format", "json"], timeout=20).stdout.strip()
-            for c in json.loads(listing or "null") or []:
-                states[c["id"]] = c["status"]
-        except (CommandError, json.JSONDecodeError):
-            pass
+            states = {c["id"]: c["status"] for c in json.loads(listing or "null") or []}
+        except (CommandError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
         for node_dir in self.paths.nodes.iterdir():
             try:
                 created = float((node_dir / "created").read_text())

@@ -38,5 +38,10 @@ class Scheduler(Protocol):
     def node_starting(self, node: str) -> None:
         """A container for the node is about to start: let the scheduler accept it when it registers."""
 
+    def node_started(self, node: str) -> None:
+        """The node's container runs: bring it into service once its agent answers, checked from inside
+        the cluster's network (or leave it to the scheduler's own registration). Runs on the start pool,
+        beside the loop; raises if the node cannot be brought into service."""
+
     def release(self, node: str, reason: str) -> None:
         """No new jobs on the node; `observe` reports it DRAINED once it is empty."""

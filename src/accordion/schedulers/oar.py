@@ -282,6 +282,9 @@ class OarScheduler:
     def node_starting(self, node: str) -> None:
         """Nothing to prepare: resources come back Alive when the node's sshd answers."""
 
+    def node_started(self, node: str) -> None:
+        """Resources come back Alive when the node's sshd answers (see observe)."""
+
     def release(self, node: str, reason: str) -> None:
         self._cmd(["oarnodesetting", "-d", "on", "-h", node])
 
