@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import wait
+
+import pytest
 
 from accordion.config import ClusterConfig
 from accordion.controller import Controller
 from accordion.events import EventLog, read_events
 from accordion.model import Job, SchedNode, SchedState, SchedulerView
 from accordion.paths import ClusterPaths
-from accordion.providers.base import NodeInfo, NodeSpec
+from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
 
 
 class FakeProvider:
@@ -17,6 +20,7 @@ class FakeProvider:
         self.clock = clock
         self.nodes: dict[str, NodeInfo] = {}
         self.fail_create = False
+        self.fail_list = False
         self.hang: threading.Event | None = None  # create blocks until it is set
 
     def create(self, spec: NodeSpec) -> None:
@@ -30,6 +34,8 @@ class FakeProvider:
         self.nodes.pop(name, None)
 
     def list(self):
+        if self.fail_list:
+            raise ProviderError("runc list: injected failure")
         return dict(self.nodes)
 
 
@@ -91,9 +97,8 @@ def make(tmp_path, monkeypatch, **controller):
 
 
 def settle(ctl):
-    """Let the starts launched by the last step finish (they run beside the loop)."""
-    for launch in list(ctl.launches.values()):
-        launch.thread.join(10)
+    """Let the starts and removals of the last step finish (they run on the pool, beside the loop)."""
+    wait([op.future for op in ctl.ops.values()], timeout=10)
 
 
 def step(ctl):
@@ -122,25 +127,74 @@ def test_scale_up_register_idle_and_remove(tmp_path, monkeypatch):
     assert ("removed", "c-0") in kinds(paths) and ("removed", "c-1") in kinds(paths)
 
 
-def test_node_that_never_registers_is_given_up_and_retried_within_limits(tmp_path, monkeypatch):
-    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5, max_start_failures=2)
+def counts(ctl):
+    return {name: f.count for name, f in ctl.failures.items()}
+
+
+def test_node_that_never_registers_is_given_up_and_retried_with_backoff(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5, max_start_failures=2, retry_backoff=60, retry_backoff_max=120)
     sched.registers = False
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
     step(ctl)
     assert set(prov.nodes) == {"c-0"}
-    for _ in range(10):
+    for _ in range(3):
         now[0] += 6
         step(ctl)
     failed = [e for e in read_events(paths.events) if e["kind"] == "failed"]
     assert "did not register within 5 s" in failed[0]["reason"]
-    # Each node name is retried up to its limit, then left alone: no endless churn.
-    assert sorted(e["node"] for e in failed) == ["c-0", "c-0", "c-1", "c-1", "c-2", "c-2"]
-    assert prov.nodes == {}
-    assert ctl.failures == {"c-0": 2, "c-1": 2, "c-2": 2}
+    # Each name is retried at once up to max_start_failures, then waits retry_backoff: no endless churn.
+    assert counts(ctl) == {"c-0": 2, "c-1": 1} and "retried in 60 s" in failed[-1]["reason"]
+    step(ctl)  # its removal, run on the pool, is collected
+    assert ctl.snapshot(sched.observe(), prov.list(), now[0]).nodes[0].state.value == "failed"
+    for _ in range(4):
+        now[0] += 6
+        step(ctl)
+    step(ctl)
+    assert counts(ctl) == {"c-0": 2, "c-1": 2, "c-2": 2} and prov.nodes == {}
     assert {n.state.value for n in ctl.snapshot(sched.observe(), {}, now[0]).nodes} == {"failed"}
-    # The failure count survives a controller restart.
+    # The failures survive a controller restart.
     ctl2 = Controller(ctl.config, paths, sched, prov, ctl.events, clock=ctl.clock)
     assert ctl2.failures == ctl.failures
+    # Once its wait is over the name is tried again, and waits twice as long after another failure.
+    now[0] = ctl.failures["c-0"].retry
+    step(ctl)
+    assert "c-0" in prov.nodes
+    now[0] += 6
+    step(ctl)
+    assert ctl.failures["c-0"].count == 3 and ctl.failures["c-0"].retry == now[0] + 120
+
+
+def test_failures_never_stick_capacity_comes_back(tmp_path, monkeypatch):
+    """A provider that fails three starts and then succeeds: capacity comes back without `accordion down`
+    (before, a name was FAILED after max_start_failures until the cluster was taken down)."""
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, max_start_failures=1, retry_backoff=10, retry_backoff_max=30)
+    prov.fail_create = True
+    sched.jobs = [Job("1", "c", 3, 1, False, 0.0)]
+    for _ in range(3):
+        step(ctl)
+        step(ctl)  # a start's outcome is reported by the step after it
+        now[0] += 31
+    assert prov.nodes == {} and all(n >= 3 for n in counts(ctl).values())
+    prov.fail_create = False
+    step(ctl)
+    step(ctl)
+    assert set(prov.nodes) == {"c-0", "c-1", "c-2"}
+    assert {n.state.value for n in ctl.snapshot(sched.observe(), prov.list(), now[0]).nodes} == {"idle"}
+    assert ctl.failures == {}  # registered: forgotten
+
+
+def test_failed_listing_deletes_nothing(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    sched.jobs = [Job("1", "c", 2, 1, False, 0.0)]
+    step(ctl)
+    step(ctl)
+    assert set(prov.nodes) == {"c-0", "c-1"}
+    prov.fail_list = True
+    with pytest.raises(ProviderError):
+        ctl.step()
+    settle(ctl)
+    assert set(prov.nodes) == {"c-0", "c-1"} and sched.absent_calls == []
+    assert not any(kind in ("lost", "removed", "failed") for kind, _ in kinds(paths))
 
 
 def test_create_error_is_an_event_not_a_crash(tmp_path, monkeypatch):
@@ -196,7 +250,7 @@ def test_failed_create_is_reported_to_the_scheduler(tmp_path, monkeypatch):
     step(ctl)
     step(ctl)
     assert ("c-0", "could not start: boom") in sched.absent_calls
-    assert ctl.failures == {"c-0": 1}
+    assert counts(ctl) == {"c-0": 1}
 
 
 def test_hung_start_does_not_block_the_loop_and_is_given_up(tmp_path, monkeypatch):
@@ -205,7 +259,7 @@ def test_hung_start_does_not_block_the_loop_and_is_given_up(tmp_path, monkeypatc
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
     ctl.step()
     ctl.step()  # returns while the start of c-0 is still hanging
-    assert "c-0" in ctl.launches and not ctl.launches["c-0"].done()
+    assert "c-0" in ctl.ops and not ctl.ops["c-0"].future.done()
     assert ("requested", "c-0") in kinds(paths) and ("started", "c-0") not in kinds(paths)
     now[0] += 6
     ctl.step()
@@ -217,5 +271,7 @@ def test_hung_start_does_not_block_the_loop_and_is_given_up(tmp_path, monkeypatc
     prov.hang.set()
     settle(ctl)
     ctl.step()
-    assert "c-0" not in prov.nodes and "c-0" not in ctl.launches
-    assert ctl.failures == {"c-0": 1}
+    settle(ctl)
+    ctl.step()
+    assert "c-0" not in prov.nodes and "c-0" not in ctl.ops
+    assert counts(ctl) == {"c-0": 1}

@@ -1,8 +1,10 @@
+from pathlib import Path
+
 from accordion.config import ClusterConfig
 from accordion.model import SchedState
 from accordion.paths import ClusterPaths
 from accordion.providers.local import LocalProvider
-from accordion.schedulers.slurm import node_view, parse_scontrol_oneliner, parse_squeue, render_slurm_conf
+from accordion.schedulers.slurm import array_tasks, node_view, parse_scontrol_oneliner, parse_squeue_json, render_slurm_conf
 
 LINE = (
     "NodeName=hpc-node-1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=1 CPUEfctv=2 CPUTot=2 CPULoad=0.00 "
@@ -17,35 +19,64 @@ def test_oneliner_keeps_values_with_spaces():
     assert f["Reason"] == "accordion: idle 60 s [root@2026-11-22T22:35:46]"
 
 
+def node(state, reason="", alloc="0", jobs=False, **more):
+    return node_view({"NodeName": "n", "State": state, "CPUTot": "2", "CPUAlloc": alloc, "Reason": reason, **more}, jobs)
+
+
 def test_node_states():
     v = node_view(parse_scontrol_oneliner(LINE))
     assert v.state == SchedState.DRAINING and v.free_cpus == 1 and v.reason == "idle 60 s"
-    v = node_view({"NodeName": "n", "State": "IDLE+DRAIN", "CPUTot": "2", "CPUAlloc": "0", "Reason": "accordion: x"})
-    assert v.state == SchedState.DRAINED
-    v = node_view({"NodeName": "n", "State": "IDLE+DRAIN", "CPUTot": "2", "CPUAlloc": "0", "Reason": "admin"})
-    assert v.state == SchedState.BUSY  # drained by someone else: not ours to remove, not usable
-    v = node_view({"NodeName": "n", "State": "DOWN*", "CPUTot": "2", "Reason": "accordion: powered off [root@x]"})
+    assert node("IDLE+DRAIN", "accordion: x").state == SchedState.DRAINED
+    v = node("IDLE+DRAIN", "admin")
+    assert v.state == SchedState.HELD and v.held and v.reason == "admin"  # not ours to remove or use
+    v = node("DOWN*", "accordion: powered off [root@x]")
     assert v.state == SchedState.UNKNOWN and v.marked_absent and v.absent_since is None  # no parsable stamp
-    v = node_view({"NodeName": "n", "State": "DOWN", "CPUTot": "2", "Reason": "accordion: node container gone [root@2026-11-22T23:54:36]"})
+    v = node("DOWN", "accordion: node container gone [root@2026-11-22T23:54:36]")
     assert v.marked_absent and v.absent_since is not None and v.reason == "node container gone"
-    v = node_view({"NodeName": "n", "State": "IDLE", "CPUTot": "2", "CPUAlloc": "0", "LastBusyTime": "2026-11-22T22:34:46"})
-    assert v.state == SchedState.IDLE and v.idle_since is not None
+    v = node("IDLE", LastBusyTime="2026-11-22T22:34:46")
+    assert v.state == SchedState.IDLE and v.idle_since is not None and v.responding
 
 
-def test_squeue_parsing():
-    text = "\n".join(
-        [
-            "7|compute|PENDING|2|4|Resources|2026-11-22T22:00:00||OK",
-            "8|compute|PENDING|1|1|Dependency|2026-11-22T22:00:01||OK",
-            "9|compute|RUNNING|2|2|None|2026-11-22T22:00:02|hpc-node-[0-1]|NO",
-            "10|compute|PENDING|1|1|ReqNodeNotAvail, UnavailableNodes:hpc-node-[0-3]|2026-11-22T22:00:03||OK",
-        ]
-    )
-    jobs = {j.id: j for j in parse_squeue(text, "compute")}
-    assert jobs["7"].nodes == 2 and jobs["7"].cpus_per_node == 2 and jobs["7"].wants_resources
-    assert not jobs["8"].wants_resources
-    assert jobs["9"].running and jobs["9"].node_names == ("hpc-node-0", "hpc-node-1") and jobs["9"].exclusive
-    assert jobs["10"].wants_resources
+def test_jobs_come_first_whatever_the_flags():
+    """A node with jobs is busy however Slurm flags it: a missed ping, unknown after a slurmctld restart,
+    down while its jobs are requeued, drained by an administrator."""
+    for state in ("ALLOCATED*", "MIXED*", "UNKNOWN", "UNKNOWN*", "DOWN*", "IDLE*"):
+        v = node(state, alloc="2")
+        assert v.state == SchedState.BUSY and not v.responding, state
+    assert node("UNKNOWN", jobs=True).state == SchedState.BUSY
+    v = node("MIXED+DRAIN", "Kill task failed", alloc="1")
+    assert v.state == SchedState.BUSY and v.held
+    assert node("IDLE*").state == SchedState.UNKNOWN and not node("IDLE*").responding
+    assert node("DOWN", "Not responding").state == SchedState.DOWN
+    assert node("DOWN*+DRAIN", "maintenance").state == SchedState.HELD
+
+
+def test_memory_facts():
+    v = node("MIXED", alloc="1", RealMemory="1024", AllocMem="300")
+    assert v.free_mem == 724 and v.free_cpus == 1
+
+
+def test_array_task_counts():
+    assert [array_tasks(s) for s in ("1-100%10", "3,5-9:2", "7", "0-279")] == [100, 4, 1, 280]
+
+
+def test_squeue_json_shapes_from_slurm_22_05():
+    """Records printed by Slurm 22.05.8's `squeue --json` for: an array 1-100%10, --mem=300, -w s-2,
+    --exclude=s-0,s-1, -p small,big, -n 4, -H, --begin=now+1hour, --dependency, --exclusive -p big,
+    --mem-per-cpu=100 -c 2 -p big -N2, and -n4 -p small,big (small: 1-CPU nodes, big: 4-CPU nodes)."""
+    text = (Path(__file__).parent / "data" / "squeue-22.05.json").read_text()
+    jobs = {j.id: j for j in parse_squeue_json(text, ["small", "big"])}
+    assert jobs["1"].count == 10 and jobs["1"].waiting  # the throttle, not the 100 tasks
+    assert jobs["2"].mem_per_node == 300
+    assert jobs["3"].required == ("s-2",) and jobs["3"].waiting
+    assert jobs["4"].excluded == ("s-0", "s-1")
+    assert jobs["5"].nodesets == ("small", "big") and jobs["5"].nodeset == "small"
+    assert jobs["6"].cpus == 4 and jobs["6"].mem_per_cpu == 512
+    assert not jobs["7"].waiting and not jobs["8"].waiting and not jobs["9"].waiting  # held, begin, dependency
+    assert jobs["10"].exclusive and jobs["10"].nodeset == "big"
+    assert (jobs["11"].nodes, jobs["11"].cpus_per_node, jobs["11"].mem_per_cpu) == (2, 2, 100)
+    assert (jobs["12"].nodes, jobs["12"].cpus, jobs["12"].nodesets) == (1, 4, ("small", "big"))
+    assert set(parse_squeue_json(text, ["other"])) == set()  # jobs of partitions not managed here
 
 
 def test_slurm_conf_declares_capacity_and_limits():

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from accordion.errors import ConfigError
+
 CLUSTER_NAME = r"^[a-z][a-z0-9-]{0,19}$"
 NODESET_NAME = r"^[a-z][a-z0-9_]{0,19}$"
 NAME_BASE = r"^[a-z][a-z0-9-]{0,29}$"
@@ -77,7 +79,15 @@ class ControllerSettings(BaseModel):
     # The controller's log (logs/controller.log): text lines, or one JSON object per line.
     log_format: Literal["text", "json"] = "text"
     resume_timeout: Seconds = Field(default=30.0, gt=0, le=3600)
+    # Consecutive failed starts of a node name before it waits: then retry_backoff, doubling on each further
+    # failure up to retry_backoff_max. A failed name is always retried: a short fault (munged down, disk
+    # full) must not leave a node set without capacity for good.
     max_start_failures: int = Field(default=3, ge=1, le=100)
+    retry_backoff: Seconds = Field(default=10.0, gt=0, le=3600)
+    retry_backoff_max: Seconds = Field(default=300.0, gt=0, le=86400)
+    # Node starts and deletes run beside the loop on this many workers: enough to start a burst quickly,
+    # few enough not to overload the machine (a 280-node burst with no bound reached load 53 here).
+    workers: int = Field(default=4, ge=1, le=64)
 
 
 class KubernetesSettings(BaseModel):
@@ -148,10 +158,6 @@ class ClusterConfig(BaseModel):
 
     def all_nodes(self) -> list[str]:
         return [n for ns in self.nodesets for n in ns.node_names()]
-
-
-class ConfigError(Exception):
-    """A cluster file problem, worded as one line that names the file and the field."""
 
 
 def _where(loc: tuple[object, ...]) -> str:

@@ -14,12 +14,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 from accordion import policy
 from accordion.config import ClusterConfig
+from accordion.errors import AccordionError
 from accordion.events import EventLog
 from accordion.metrics import Metrics, reason_kind
-from accordion.model import Node, NodeSetSpec, NodeState, Plan, SchedState, SchedulerView, Snapshot
+from accordion.model import Node, demand, NodeSetSpec, NodeState, Plan, SchedNode, SchedState, SchedulerView, Snapshot
 from accordion.paths import ClusterPaths
 from accordion.providers.base import NodeInfo, Provider
 from accordion.schedulers.base import Scheduler
@@ -28,25 +31,22 @@ from accordion.store import private, read_json, write_json
 log = logging.getLogger("accordion.controller")
 
 
-class Launch:
-    """One node start running beside the loop: a start that hangs must not stop the controller."""
+@dataclass
+class Op:
+    """A node start or removal running on the worker pool: a start that hangs must not stop the loop."""
 
-    def __init__(self, start: Callable[[], None]) -> None:
-        self.error: Exception | None = None
-        # A daemon thread: a controller that exits does not wait for a hung start; the provider's delete
-        # (on restart or `down`) cleans up what it left.
-        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True)
-        self.abandoned = False
-        self.thread.start()
+    kind: str  # "start" or "remove"
+    future: Future[None]
+    abandoned: bool = False  # a start given up while it still ran: its node is removed once it returns
 
-    def _run(self, start: Callable[[], None]) -> None:
-        try:
-            start()
-        except Exception as exc:  # reported by the loop, which owns events and failure counts
-            self.error = exc
 
-    def done(self) -> bool:
-        return not self.thread.is_alive()
+@dataclass
+class Failure:
+    """A node name whose last starts failed: not started again before `retry` (then with a longer wait)."""
+
+    count: int
+    reason: str
+    retry: float
 
 
 def read_pins(paths: ClusterPaths) -> dict[str, int]:
@@ -70,6 +70,7 @@ class Controller:
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.settings = config.controller
         self.paths = paths
         self.scheduler = scheduler
         self.provider = provider
@@ -79,130 +80,180 @@ class Controller:
         self.requested_at: dict[str, float] = {}
         self.nodeset_of = {n: ns.name for ns in config.nodesets for n in ns.node_names()}
         saved = read_json(paths.controller_state, {})
-        self.failures: dict[str, int] = dict(saved.get("failures", {})) if isinstance(saved, dict) else {}
+        saved = saved if isinstance(saved, dict) else {}
+        self.failures = {name: Failure(**f) for name, f in saved.get("failures", {}).items() if isinstance(f, dict)}
+        # Nodes seen in service, by their container's creation time: a node that has registered once is never
+        # "starting" again, whatever the scheduler says of it while it restarts or misses pings.
+        self.registered: dict[str, float] = dict(saved.get("registered", {}))
         self.last: dict[str, NodeState] = {}
         self._status_written = 0.0
         self.last_plan = Plan()
         self._status_blob = ""
-        self.launches: dict[str, Launch] = {}
+        self.ops: dict[str, Op] = {}
+        self._held: dict[str, str] = {}  # node -> reason, for nodes drained by someone else
+        self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="node")
+
+    def close(self) -> None:
+        """Stop taking work; starts still running are left to finish (a daemon exit does not wait for them)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     # ----- observe -----
 
     def _collect(self) -> None:
-        """Report the starts that finished since the last step."""
-        for name, launch in list(self.launches.items()):
-            if not launch.done():
+        """Report the starts and removals that finished since the last step."""
+        for name, op in list(self.ops.items()):
+            if not op.future.done():
                 continue
-            del self.launches[name]
-            if launch.abandoned:
+            del self.ops[name]
+            error = op.future.exception()
+            if op.kind == "remove":
+                if error is not None:
+                    # The container may remain: the next observation finds it and removes it again.
+                    log.error("could not remove %s: %s", name, error)
+            elif op.abandoned:
                 # Given up while its start still ran: the failure is already reported; remove what it made.
-                self.provider.delete(name)
-            elif launch.error is None:
+                self._submit(name, "remove")
+            elif error is None:
                 self.events.emit("started", name, self.nodeset_of[name])
             else:
-                self._start_failed(name, f"could not start: {launch.error}")
+                self._start_failed(name, f"could not start: {error}")
+
+    def _submit(self, name: str, kind: str) -> None:
+        task = self._start if kind == "start" else self.provider.delete
+        self.ops[name] = Op(kind, self.pool.submit(task, name))
 
     def _start_failed(self, name: str, reason: str) -> None:
-        self.failures[name] = self.failures.get(name, 0) + 1
+        previous = self.failures.get(name)
+        count = previous.count + 1 if previous else 1
+        over = count - self.settings.max_start_failures
+        wait = 0.0 if over < 0 else min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2**over)
+        self.failures[name] = Failure(count, reason, self.clock() + wait)
         self._save()
         self.scheduler.mark_absent([name], reason)
-        self.events.emit("failed", name, self.nodeset_of[name], reason)
+        retry = f"; retried in {wait:.0f} s" if wait else ""
+        self.events.emit("failed", name, self.nodeset_of[name], reason + retry)
+
+    def _take_out(self, name: str, reason: str, kind: str = "removed", tell: bool = True) -> None:
+        """The one way out for a node: the scheduler is told it has no container (unless `tell` is false:
+        a drain set by someone else keeps their reason), then the container is deleted on the pool. Only
+        for nodes the scheduler runs nothing on, or whose jobs it has just been told are lost."""
+        if tell:
+            self.scheduler.mark_absent([name], reason)
+        self._submit(name, "remove")
+        self.registered.pop(name, None)
+        self.events.emit(kind, name, self.nodeset_of.get(name, ""), reason)
 
     def _reconcile(self, view: SchedulerView, containers: dict[str, NodeInfo]) -> None:
-        """Make provider and scheduler agree before deciding anything (starts still running aside)."""
-        for name in self.launches:
+        """Make provider and scheduler agree before deciding anything (starts and removals in flight aside)."""
+        for name in self.ops:
             containers.pop(name, None)
         for name in sorted(set(containers) - set(self.nodeset_of)):
-            self.provider.delete(name)
-            self.events.emit("removed", name, reason="not a node of this cluster")
             del containers[name]
-        handled: set[str] = set()
+            self._submit(name, "remove")
+            self.events.emit("removed", name, reason="not a node of this cluster")
         for name, info in sorted(containers.items()):
             sn = view.nodes.get(name)
-            handled.add(name)
             if not info.running:
-                self.provider.delete(name)
                 del containers[name]
                 why = "node container exited" + (f": {info.reason}" if info.reason else "")
-                if sn is None or sn.state == SchedState.UNKNOWN:
-                    self._start_failed(name, why)  # it never came up: counts towards max_start_failures
+                if self.registered.get(name) != info.created:
+                    self._submit(name, "remove")
+                    self._start_failed(name, why)  # it never came up: a failed start
                 else:
-                    self.scheduler.mark_absent([name], why)
-                    self.events.emit("failed", name, self.nodeset_of[name], why)
-            elif sn is not None and sn.state == SchedState.DRAINED:
-                self.provider.delete(name)
+                    self._take_out(name, why, "failed")  # its jobs, if any, are requeued by the scheduler
+            elif sn is None:
+                continue
+            elif sn.state == SchedState.DRAINED:
                 del containers[name]
-                self.scheduler.mark_absent([name])
-                self.events.emit("removed", name, self.nodeset_of[name], sn.reason)
-            else:
-                handled.discard(name)
+                self._take_out(name, sn.reason)
+            elif sn.state == SchedState.HELD:
+                # Drained by an administrator or by the scheduler, and empty: the container goes, the drain
+                # and its reason stay until they resume the node.
+                del containers[name]
+                self._take_out(name, f"held: {sn.reason}", tell=False)
+            elif sn.state == SchedState.DOWN:
+                del containers[name]
+                self._take_out(name, f"set down by {self.scheduler.name}: {sn.reason}", "failed")
         lost, unmarked = [], []
         for name in self.nodeset_of:
             sn = view.nodes.get(name)
-            if name in containers or name in handled or name in self.launches or sn is None or sn.marked_absent:
+            if name in containers or name in self.ops or sn is None or sn.marked_absent or sn.state == SchedState.HELD:
                 continue
-            # In use (or usable) by the scheduler with no container: its jobs are lost. A node that is only
-            # unknown or drained by Accordion just needs to be marked absent again.
-            usable = sn.state in (SchedState.IDLE, SchedState.BUSY, SchedState.DRAINING)
-            (lost if usable else unmarked).append(name)
+            # Jobs on a node with no container are lost: tell the scheduler now rather than after its own
+            # timeout, so that they are requeued at once. Any other node just needs marking absent again.
+            (lost if sn.state in (SchedState.BUSY, SchedState.DRAINING) else unmarked).append(name)
         if lost:
-            # The scheduler believes in nodes that no longer exist: tell it now rather than after its own
-            # timeout, so their jobs are requeued at once.
             self.scheduler.mark_absent(lost, "node container gone")
             for name in lost:
                 self.events.emit("lost", name, self.nodeset_of[name], "node container gone while the scheduler used it")
         if unmarked:
             self.scheduler.mark_absent(unmarked)
 
+    def _state(self, name: str, sn: SchedNode | None, info: NodeInfo | None, now: float) -> tuple[NodeState, float, int, int]:
+        """A node's state for the policy, from the scheduler's and the provider's facts: (state, since, free
+        CPUs, free memory). Computed here only; status, metrics and the policy all read it."""
+        op = self.ops.get(name)
+        if op is not None:
+            if op.kind == "start" and not op.abandoned:
+                return NodeState.STARTING, self.requested_at.get(name, now), 0, 0
+            return NodeState.DRAINING, now, 0, 0  # on its way out: neither used nor reused yet
+        if info is None:
+            if sn is not None and sn.state == SchedState.HELD:
+                return NodeState.HELD, now, 0, 0
+            failure = self.failures.get(name)
+            if failure is not None and failure.count >= self.settings.max_start_failures and now < failure.retry:
+                return NodeState.FAILED, now, 0, 0
+            # When it went away: the policy reuses the longest-absent names first, so a node is not
+            # recreated under the name the scheduler may still be sending old messages to.
+            return NodeState.ABSENT, (sn.absent_since or 0.0) if sn is not None else 0.0, 0, 0
+        if sn is None or sn.state == SchedState.UNKNOWN:
+            if self.registered.get(name) == info.created:
+                return NodeState.UNRESPONSIVE, now, 0, 0
+            return NodeState.STARTING, info.created, 0, 0
+        if sn.state == SchedState.IDLE:
+            return NodeState.IDLE, max(sn.idle_since or info.created, info.created), sn.free_cpus, sn.free_mem
+        if sn.state == SchedState.BUSY:
+            # A busy node drained by someone else takes no new job: it has no room to offer.
+            return NodeState.BUSY, now, 0 if sn.held else sn.free_cpus, 0 if sn.held else sn.free_mem
+        return NodeState.DRAINING, now, 0, 0
+
     def snapshot(self, view: SchedulerView, containers: dict[str, NodeInfo], now: float) -> Snapshot:
         pins = read_pins(self.paths)
         nodes = []
         for name, ns in self.nodeset_of.items():
-            sn = view.nodes.get(name)
-            info = containers.get(name)
-            free = 0
-            launch = self.launches.get(name)
-            failed = self.failures.get(name, 0) >= self.config.controller.max_start_failures
-            if launch is not None:
-                # An abandoned start is on its way out: the policy must neither use nor reuse its name yet.
-                state = (NodeState.FAILED if failed else NodeState.DRAINING) if launch.abandoned else NodeState.STARTING
-                since = self.requested_at.get(name, now)
-            elif info is None:
-                # When it went away: the policy reuses the longest-absent names first, so a node is not
-                # recreated under the name the scheduler may still be sending old messages to.
-                gone = sn.absent_since if sn is not None and sn.absent_since is not None else 0.0
-                state, since = (NodeState.FAILED if failed else NodeState.ABSENT), gone
-            elif sn is None or sn.state == SchedState.UNKNOWN:
-                state, since = NodeState.STARTING, info.created
-            elif sn.state == SchedState.IDLE:
-                state, since, free = NodeState.IDLE, max(sn.idle_since or info.created, info.created), sn.free_cpus
-            elif sn.state == SchedState.BUSY:
-                state, since, free = NodeState.BUSY, now, sn.free_cpus
-            else:
-                state, since = NodeState.DRAINING, now
-            nodes.append(Node(name, ns, state, since, free))
+            sn, info = view.nodes.get(name), containers.get(name)
+            state, since, free, mem = self._state(name, sn, info, now)
+            if info is not None and sn is not None and sn.state in (SchedState.IDLE, SchedState.BUSY, SchedState.DRAINING):
+                if self.registered.get(name) != info.created:
+                    self.registered[name] = info.created
+                    self._save()
+            nodes.append(Node(name, ns, state, since, free, mem))
         specs = tuple(
-            NodeSetSpec(ns.name, ns.min_nodes, ns.max_nodes, ns.cpus, ns.idle_timeout, pins.get(ns.name))
+            NodeSetSpec(ns.name, ns.min_nodes, ns.max_nodes, ns.cpus, ns.idle_timeout, pins.get(ns.name), ns.memory_mb)
             for ns in self.config.nodesets
         )
-        return Snapshot(now, specs, tuple(nodes), tuple(view.jobs), self.config.controller.resume_timeout)
+        return Snapshot(now, specs, tuple(nodes), tuple(view.jobs), self.settings.resume_timeout)
 
     # ----- act -----
 
-    def _act(self, plan: Plan, snap: Snapshot) -> None:
+    def _act(self, plan: Plan, snap: Snapshot, view: SchedulerView) -> None:
         states = {n.name: n.state for n in snap.nodes}
         for stop in plan.stop:
-            launch = self.launches.get(stop.node)
-            if launch is not None or stop.failed or states[stop.node] == NodeState.STARTING:
-                if launch is not None:
-                    launch.abandoned = True  # its start still runs: deleted once it returns (_collect)
+            op = self.ops.get(stop.node)
+            sn = view.nodes.get(stop.node)
+            if op is not None or states[stop.node] == NodeState.STARTING:
+                # Never registered, so nothing runs on it.
+                if op is not None:
+                    op.abandoned = True  # its start still runs: removed once it returns (_collect)
                 else:
-                    self.provider.delete(stop.node)
+                    self._submit(stop.node, "remove")
                 if stop.failed:
                     self._start_failed(stop.node, stop.reason)
                 else:
                     self.scheduler.mark_absent([stop.node])
                     self.events.emit("removed", stop.node, stop.nodeset, stop.reason)
+            elif sn is not None and sn.state not in (SchedState.IDLE, SchedState.BUSY):
+                continue  # unresponsive or leaving: the scheduler decides first
             else:
                 self.scheduler.release(stop.node, stop.reason)
                 self.events.emit("draining", stop.node, stop.nodeset, stop.reason)
@@ -213,9 +264,10 @@ class Controller:
             self.requested_at[start.node] = snap.now
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
-            self.launches[start.node] = Launch(lambda node=start.node: self._start(node))
+            self._submit(start.node, "start")
 
     def _start(self, node: str) -> None:
+        """Runs on the pool."""
         self.scheduler.node_starting(node)
         self.provider.create(self.scheduler.node_spec(node))
         self.scheduler.node_started(node)
@@ -229,7 +281,7 @@ class Controller:
                     asked = self.requested_at.pop(n.name, None)
                     # n.since is already the registered node's (idle since): time it from the request.
                     self.events.emit("registered", n.name, n.nodeset, f"{snap.now - asked:.2f} s after it was requested" if asked is not None else "")
-                    if self.failures.pop(n.name, None):
+                    if self.failures.pop(n.name, None) is not None:
                         self._save()
                     if asked is not None and self.metrics:
                         self.metrics.provision.labels(self.config.name, n.nodeset).observe(snap.now - asked)
@@ -240,17 +292,25 @@ class Controller:
             self.last[n.name] = n.state
 
     def _save(self) -> None:
-        write_json(self.paths.controller_state, {"failures": self.failures})
+        write_json(
+            self.paths.controller_state,
+            {"failures": {n: asdict(f) for n, f in self.failures.items()}, "registered": self.registered},
+        )
 
     def _write_status(self, snap: Snapshot) -> None:
         blob = json.dumps(
             {
                 "nodes": [{"name": n.name, "nodeset": n.nodeset, "state": n.state.value, "since": n.since} for n in snap.nodes],
                 "jobs": [
-                    {"id": j.id, "nodeset": j.nodeset, "nodes": j.nodes, "cpus_per_node": j.cpus_per_node, "running": j.running, "reason": j.reason}
+                    {"id": j.id, "nodeset": j.nodeset, "nodes": j.nodes, "cpus_per_node": j.cpus_per_node, "running": j.running,
+                     "reason": j.reason, "count": j.count, "waiting": j.waiting}
                     for j in snap.jobs
                 ],
                 "pins": {s.name: s.pinned for s in snap.nodesets if s.pinned is not None},
+                # Why a name is out of use: its last start failures (and when it is retried), or a drain by
+                # an administrator or by the scheduler (until they resume it).
+                "failures": {n: asdict(f) for n, f in self.failures.items()},
+                "held": {n.name: self._held.get(n.name, "") for n in snap.nodes if n.state == NodeState.HELD},
             },
             sort_keys=True,
         )
@@ -265,12 +325,12 @@ class Controller:
         sets = {}
         for spec in snap.nodesets:
             nodes = [n for n in snap.nodes if n.nodeset == spec.name]
-            waiting = [j for j in snap.jobs if j.nodeset == spec.name and not j.running and j.wants_resources]
+            jobs, cpus = demand(snap.jobs, spec.name)
             sets[spec.name] = {
                 "provisioned": sum(1 for n in nodes if n.state not in (NodeState.ABSENT, NodeState.FAILED)),
                 "busy": sum(1 for n in nodes if n.state == NodeState.BUSY),
-                "pending_cpus": sum(j.nodes * j.cpus_per_node for j in waiting),
-                "pending_jobs": len(waiting),
+                "pending_cpus": cpus,
+                "pending_jobs": jobs,
                 "max": spec.max_nodes,
             }
         line = json.dumps({"ts": round(snap.now, 3), "nodesets": sets}, separators=(",", ":")) + "\n"
@@ -282,12 +342,13 @@ class Controller:
         self._collect()
         view = self.scheduler.observe()
         containers = self.provider.list()
+        self._held = {n: sn.reason for n, sn in view.nodes.items() if sn.held}
         self._reconcile(view, containers)
         now = self.clock()
         snap = self.snapshot(view, containers, now)
         self._transitions(snap)
         plan = policy.decide(snap)
-        self._act(plan, snap)
+        self._act(plan, snap, view)
         self.last_plan = plan
         self._write_status(snap)
         if self.metrics:
@@ -315,6 +376,7 @@ class Controller:
         last_token: object = object()
         last_step = float("-inf")
         moving = True
+        failing = ""
         while not stop.is_set():
             token = self._token()
             now = time.monotonic()
@@ -323,20 +385,25 @@ class Controller:
                 try:
                     self._supervise()
                     self.step()
-                    moving = bool(self.last_plan.start or self.last_plan.stop) or any(
+                    moving = bool(self.last_plan.start or self.last_plan.stop or self.ops) or any(
                         s in (NodeState.STARTING, NodeState.DRAINING) for s in self.last.values()
                     )
+                    failing = ""
                 except Exception as exc:
-                    if isinstance(exc, OSError):
-                        # Disk full, read-only state directory, ...: state files are written atomically,
-                        # so retrying once the cause is gone is all there is to do; no traceback needed.
+                    if isinstance(exc, (OSError, AccordionError)):
+                        # Disk full, a listing that failed, ...: nothing was acted on, state files are written
+                        # atomically, so retrying once the cause is gone is all there is to do.
                         log.error("controller step failed: %s; retrying", exc)
                     else:
                         log.exception("controller step failed; retrying")
+                    if str(exc) != failing:  # one event per distinct failure, not one per retry
+                        failing = str(exc)
+                        self.events.emit("controller", reason=f"step failed: {failing}; retrying")
                     if self.metrics:
                         self.metrics.errors.labels(self.config.name).inc()
                     stop.wait(1.0)
             stop.wait(settings.poll_interval)
+        self.close()
         self.events.emit("controller", reason="stopped")
 
 

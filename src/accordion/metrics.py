@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from accordion.model import NodeState, Snapshot
+from accordion.model import NodeState, Snapshot, demand
 
 
 def reason_kind(reason: str) -> str:
@@ -53,7 +53,7 @@ class Metrics:
             self.max_nodes.labels(*lab).set(spec.max_nodes)
             for state in NodeState:
                 self.nodes.labels(*lab, state.value).set(sum(1 for n in snap.nodes if n.nodeset == spec.name and n.state == state))
-            waiting = [j for j in snap.jobs if j.nodeset == spec.name and not j.running and j.wants_resources]
-            self.pending_jobs.labels(*lab).set(len(waiting))
-            self.pending_cpus.labels(*lab).set(sum(j.nodes * j.cpus_per_node for j in waiting))
+            jobs, cpus = demand(snap.jobs, spec.name)
+            self.pending_jobs.labels(*lab).set(jobs)
+            self.pending_cpus.labels(*lab).set(cpus)
             self.running_jobs.labels(*lab).set(sum(1 for j in snap.jobs if j.nodeset == spec.name and j.running))

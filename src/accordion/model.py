@@ -5,6 +5,7 @@ Nothing here knows about Slurm, OAR, runc or Kubernetes: adapters translate into
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -77,6 +78,18 @@ class Job:
     @property
     def candidates(self) -> tuple[str, ...]:
         return self.nodesets or (self.nodeset,)
+
+    @property
+    def waiting(self) -> bool:
+        """Waiting for nodes: the one definition of a waiting job (not a hold, dependency or begin time)."""
+        return not self.running and self.wants_resources and self.count > 0
+
+
+def demand(jobs: Iterable[Job], nodeset: str) -> tuple[int, int]:
+    """A node set's waiting jobs (an array's tasks one by one) and the CPUs they ask for: the one count
+    that status, metrics and reports show."""
+    waiting = [j for j in jobs if j.nodeset == nodeset and j.waiting]
+    return sum(j.count for j in waiting), sum(j.count * j.nodes * j.cpus_per_node for j in waiting)
 
 
 @dataclass(frozen=True)

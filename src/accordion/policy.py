@@ -3,22 +3,24 @@
 No I/O and no clock of its own: the live controller and the workload simulator call the same code with
 snapshots they build, so what is proven in simulation is what runs.
 
-Scale-up follows job shapes, not queue lengths: pending jobs (oldest first) are fitted onto nodes that
-are idle, partly free or already starting, and only what does not fit asks for new nodes, exactly as many
-as each job's node count and per-node CPUs require. Scale-down removes nodes idle for the node set's idle
-timeout that no waiting job has been fitted onto, down to `min_nodes`; the controller drains a node before
-removing it, so a job the scheduler places meanwhile is never killed.
+Scale-up follows job shapes, not queue lengths: waiting jobs (oldest first, an array's pending tasks as
+that many jobs) are fitted onto nodes that are idle, partly free or already starting, and only what does
+not fit asks for new nodes, exactly as many as each job's shape on that node set needs (`shape`), with the
+names it requires and never the names it excludes. A job that may run in several node sets takes nodes
+from one of them. Scale-down removes nodes idle for the node set's idle timeout that no waiting job has
+been fitted onto, down to `min_nodes`; the controller drains a node before removing it, so a job the
+scheduler places meanwhile is never killed.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
-from itertools import compress, count, islice, repeat
-from operator import attrgetter, ge, le, lt
+from itertools import compress, islice, repeat
+from operator import attrgetter, le, lt
 
 from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
 
@@ -36,6 +38,7 @@ _id = attrgetter("id")
 _submit_time = attrgetter("submit_time")
 _since = attrgetter("since")
 _ABSENT, _STARTING, _IDLE, _BUSY = NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY
+_UNRESPONSIVE = NodeState.UNRESPONSIVE
 
 
 def by_name(nodes: Iterable[Node], first: int | None = None) -> list[Node]:
@@ -78,119 +81,222 @@ def fcfs(jobs: list[Job]) -> list[Job]:
 
 def nodes_by_state(nodes: tuple[Node, ...], nodeset: str) -> tuple[list[Node], list[Node], int, list[Node], list[Node]]:
     """A node set's starting and idle nodes, how many are busy, those with free CPUs, and its absent nodes,
-    in snapshot order. One pass of identity tests, busy nodes counted rather than listed: the simulator
-    calls the policy hundreds of thousands of times, each call looking at every node (and hashing a
-    NodeState runs Python code, so no dict keyed by state)."""
-    starting: list[Node] = []
-    idle: list[Node] = []
-    busy_free: list[Node] = []
-    absent: list[Node] = []
-    others = 0
+    in snapshot order (the simulator's policies use this one pass)."""
+    g = group(nodes).get(nodeset) or Group()
+    return g.starting, g.idle, g.busy, g.busy_free, g.absent
+
+
+class Group:
+    """One node set's nodes by state, in snapshot order."""
+
+    def __init__(self) -> None:
+        self.starting: list[Node] = []
+        self.idle: list[Node] = []
+        self.busy = 0  # busy and unresponsive nodes: in service, not removable
+        self.busy_free: list[Node] = []  # busy nodes with CPUs left
+        self.absent: list[Node] = []
+        self.draining = 0
+
+
+def group(nodes: Iterable[Node]) -> dict[str, Group]:
+    """Every node set's nodes by state, in one pass (the simulator calls the policy hundreds of thousands
+    of times, each call looking at every node; busy nodes, most of them, are only counted)."""
+    groups: dict[str, Group] = {}
+    last, g, busy = None, Group(), 0
     for n in nodes:
-        if n.nodeset is not nodeset and n.nodeset != nodeset:  # `is` first: the simulator's names are one object
-            others += 1
-            continue
+        if n.nodeset is not last:  # nodes come grouped by node set: one lookup per run of them
+            g.busy += busy
+            last, busy = n.nodeset, 0
+            g = groups.get(last) or groups.setdefault(last, Group())
         state = n.state
         if state is _BUSY:
+            busy += 1
             if n.free_cpus > 0:
-                busy_free.append(n)
+                g.busy_free.append(n)
         elif state is _ABSENT:
-            absent.append(n)
+            g.absent.append(n)
         elif state is _IDLE:
-            idle.append(n)
+            g.idle.append(n)
         elif state is _STARTING:
-            starting.append(n)
-        else:
-            others += 1
-    busy = len(nodes) - others - len(starting) - len(idle) - len(absent)
-    return starting, idle, busy, busy_free, absent
+            g.starting.append(n)
+        elif state is _UNRESPONSIVE:
+            busy += 1
+        elif state is NodeState.DRAINING:
+            g.draining += 1
+        # HELD and FAILED names are neither capacity nor startable.
+    g.busy += busy
+    return groups
 
 
-def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: list[Node], room: int) -> tuple[set[str], list[str], bool]:
-    """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and
-    up to `room` new ones: the nodes some job was fitted onto, a reason per new node, and whether a job
-    could run here once busy nodes free up (idle nodes are then kept for it)."""
-    cpus = spec.cpus
-    # Slots (node, free CPUs) as two parallel lists, so that finding where a job fits runs in C.
-    slot_node: list[str | None] = [n.name for n in nodes]
-    slot_free = [n.free_cpus if n.state is _BUSY else cpus for n in nodes]
-    wanted: set[str] = set()
-    new_reasons: list[str] = []
-    needs = [cpus if j.exclusive else j.cpus_per_node for j in waiting]  # CPUs per node
-    blocked = False
-    # A slot with less room than every waiting job needs is never used again: not keeping it, and stopping
-    # once nothing can fit any more, keeps long queues on large clusters cheap (the simulator's hot path).
-    smallest = min(needs)
-    most = max(slot_free, default=-math.inf)
-    # How many slots have room for a given need, until a job takes some: most waiting jobs fit nowhere.
-    have: dict[int, int] = {}
-    for job, need in zip(waiting, needs):
-        left = room - len(new_reasons)
-        if blocked and left == 0 and most < smallest:
+@dataclass(frozen=True)
+class Shape:
+    """What a job takes on one node set: `nodes` nodes, each with `cpus` CPUs and `mem` MB free."""
+
+    nodes: int
+    cpus: int
+    mem: int
+
+
+def shape(job: Job, spec: NodeSetSpec) -> Shape | None:
+    """The job's shape on `spec`'s nodes, or None if it can never run there. CPUs in all are spread over as
+    few nodes as hold them (`-n 4` is 4 nodes of 1 CPU, or 1 node of 4), never fewer than it asked for."""
+    if job.cpus_per_node > spec.cpus:
+        return None
+    total = job.cpus or max(job.nodes, 1) * job.cpus_per_node
+    nodes = max(job.nodes, 1, -(-total // spec.cpus))
+    cpus = spec.cpus if job.exclusive else max(job.cpus_per_node, -(-total // nodes), 1)
+    mem = job.mem_per_node or job.mem_per_cpu * cpus
+    if cpus > spec.cpus or nodes > spec.max_nodes or (spec.memory_mb and mem > spec.memory_mb):
+        return None
+    return Shape(nodes, cpus, mem if spec.memory_mb else 0)
+
+
+class _Slot:
+    """Room left on one node (existing or about to start) while jobs are fitted."""
+
+    __slots__ = ("name", "cpus", "mem")
+
+    def __init__(self, name: str, cpus: int, mem: int) -> None:
+        self.name, self.cpus, self.mem = name, cpus, mem
+
+    def takes(self, s: Shape) -> bool:
+        return self.cpus >= s.cpus and self.mem >= s.mem
+
+
+def _place(job: Job, s: Shape, slots: list[_Slot], fresh: list[str], left: int) -> tuple[list[_Slot], list[str]] | None:
+    """Where one copy of the job goes: existing slots (its required nodes first) and names to start (at most
+    `left`), or None if it cannot run now."""
+    mine: list[_Slot] = []
+    new: list[str] = []
+    if job.required:
+        by_slot = {slot.name: slot for slot in slots}
+        for name in job.required:
+            slot = by_slot.get(name)
+            if slot is not None and slot.takes(s):
+                mine.append(slot)
+            elif slot is None and name in fresh:
+                new.append(name)
+            else:
+                return None  # busy, held, failed or not in this node set: wait for the scheduler
+    excluded = set(job.excluded)
+    for slot in slots:
+        if len(mine) + len(new) >= s.nodes:
             break
-        if need > cpus:
+        if slot.takes(s) and slot.name not in excluded and slot not in mine:
+            mine.append(slot)
+    for name in fresh:
+        if len(mine) + len(new) >= s.nodes or len(new) >= left:
+            break
+        if name not in excluded and name not in new:
+            new.append(name)
+    if len(mine) + len(new) < s.nodes or len(new) > left:
+        return None
+    return mine, new
+
+
+def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: list[Node], fresh: list[str], room: int, capacity: int) -> tuple[set[str], list[Start], bool]:
+    """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and up
+    to `room` of the `fresh` names: the existing nodes some job was fitted onto, the starts, and whether a
+    job could run here once busy nodes free up (idle nodes are then kept for it)."""
+    slots = [_Slot(n.name, n.free_cpus, n.free_mem) if n.state is _BUSY else _Slot(n.name, spec.cpus, spec.memory_mb) for n in nodes]
+    if not spec.memory_mb:
+        for slot in slots:
+            slot.mem = 0
+    fresh = list(fresh)
+    wanted: set[str] = set()
+    starts: list[Start] = []
+    blocked = False
+    # How many slots can take a shape, until a job takes some: most waiting jobs of a long queue fit
+    # nowhere, and this tells so without looking at every slot for each of them.
+    takers: dict[tuple[int, int], int] = {}
+    for job in waiting:
+        s = shape(job, spec)
+        if s is None:
             continue  # can never run here
-        k = max(job.nodes, 0)
-        if need not in have:
-            have[need] = sum(map(ge, slot_free, repeat(need)))
-        new = job.nodes - min(k, have[need])
-        if new > left:
-            blocked = blocked or job.nodes <= spec.max_nodes
-            continue
-        # The first slots with room for it, in slot order.
-        for slot in list(islice(compress(count(), map(ge, slot_free, repeat(need))), k)):
-            slot_free[slot] -= need
-            node = slot_node[slot]
-            if node is not None:
-                wanted.add(node)
-        what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
-        for _ in range(new):
-            if cpus - need >= smallest:
-                slot_node.append(None)
-                slot_free.append(cpus - need)
-            new_reasons.append(f"job {job.id} needs {what}")
-        have.clear()
-        most = max(slot_free, default=-math.inf)
-    return wanted, new_reasons, blocked
+        for _ in range(job.count):
+            left = room - len(starts)
+            if (s.cpus, s.mem) not in takers:
+                takers[s.cpus, s.mem] = sum(1 for slot in slots if slot.takes(s))
+            placed = _place(job, s, slots, fresh, left) if takers[s.cpus, s.mem] + left >= s.nodes else None
+            if placed is None:
+                blocked = blocked or s.nodes <= capacity
+                break  # the job's other copies have the same shape: they do not fit either
+            used, new = placed
+            takers.clear()
+            for slot in used:
+                slot.cpus -= s.cpus
+                slot.mem -= s.mem
+                wanted.add(slot.name)
+            what = f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
+            for name in new:
+                fresh.remove(name)
+                slots.append(_Slot(name, spec.cpus - s.cpus, (spec.memory_mb - s.mem) if spec.memory_mb else 0))
+                starts.append(Start(name, spec.name, f"job {job.id} needs {what}"))
+        if room - len(starts) <= 0 and blocked and not any(slot.cpus > 0 for slot in slots):
+            break  # nothing more can fit: long queues on full clusters stay cheap
+    return wanted, starts, blocked
 
 
-def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, plan: Plan) -> None:
+def _choose(job: Job, specs: dict[str, NodeSetSpec], groups: dict[str, Group]) -> str | None:
+    """The node set a job that may run in several takes its nodes from: the first where it fits on nodes
+    already up, else the first with room to start what it needs, else the first where it can ever run."""
+    usable = [n for n in job.candidates if n in specs and shape(job, specs[n]) is not None]
+    if len(usable) < 2:
+        return usable[0] if usable else None
+    for name in usable:
+        s, g = shape(job, specs[name]), groups.get(name) or Group()
+        assert s is not None
+        free = sum(1 for n in g.busy_free if n.free_cpus >= s.cpus) + len(g.idle) + len(g.starting)
+        if free >= s.nodes:
+            return name
+    for name in usable:
+        s, g = shape(job, specs[name]), groups.get(name) or Group()
+        assert s is not None
+        active = len(g.starting) + len(g.idle) + g.busy
+        if s.nodes <= len(g.idle) + len(g.starting) + min(len(g.absent), specs[name].max_nodes - active):
+            return name
+    return usable[0]
+
+
+def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: Group, waiting: list[Job], plan: Plan) -> None:
     """Add one node set's starts and stops to the plan. Nodes are put in name order only where order
     matters: sorting every node on every call made the simulator slow on large clusters."""
     name, now = spec.name, snapshot.now
-    starting_all, idle, busy, busy_free, absent = nodes_by_state(snapshot.nodes, name)
     starting = []
     resume_timeout = snapshot.resume_timeout
-    for n in by_name(starting_all):
+    for n in by_name(g.starting):
         if now - n.since > resume_timeout:
             plan.stop.append(Stop(n.name, name, f"did not register within {resume_timeout:.0f} s", failed=True))
         else:
             starting.append(n)
-    idle = by_name(idle)
-    active = len(starting) + len(idle) + busy
+    idle = by_name(g.idle)
+    active = len(starting) + len(idle) + g.busy
 
     if spec.pinned is not None:
         target = max(0, min(spec.pinned, spec.max_nodes))
         reason = f"scaled to {target} by hand"
         if active < target:
-            plan.start += [Start(n.name, name, reason) for n in longest_absent(absent, target - active)]
+            plan.start += [Start(n.name, name, reason) for n in longest_absent(g.absent, target - active)]
         elif active > target:
             longest_idle = sorted(idle, key=lambda n: n.since)
-            busy_nodes = [n for n in snapshot.nodes if n.nodeset == name and n.state is _BUSY]
+            busy_nodes = [n for n in snapshot.nodes if n.nodeset == name and n.state in (_BUSY, _UNRESPONSIVE)]
             for n in (longest_idle + starting[::-1] + by_name(busy_nodes)[::-1])[: active - target]:
                 plan.stop.append(Stop(n.name, name, reason))
         return
 
-    room = min(spec.max_nodes - active, len(absent))
-    waiting = fcfs([j for j in snapshot.jobs if not j.running and j.wants_resources and j.nodeset == name])
+    room = min(spec.max_nodes - active, len(g.absent))
     if waiting:
-        wanted, new_reasons, blocked = _fit(spec, waiting, by_name(busy_free) + idle + starting, room)
+        fresh = [n.name for n in longest_absent(g.absent)]
+        capacity = active + g.draining + len(g.absent)
+        wanted, starts, blocked = _fit(spec, fcfs(waiting), by_name(g.busy_free) + idle + starting, fresh, room, capacity)
     else:
-        wanted, new_reasons, blocked = set(), [], False
-    while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
-        new_reasons.append(f"min_nodes is {spec.min_nodes}")
-    if new_reasons:
-        plan.start += [Start(n.name, name, r) for n, r in zip(longest_absent(absent, len(new_reasons)), new_reasons)]
+        wanted, starts, blocked = set(), [], False
+    missing = spec.min_nodes - active - len(starts)
+    if missing > 0:
+        taken = {s.node for s in starts}
+        more = [n for n in longest_absent(g.absent) if n.name not in taken][:missing]
+        starts += [Start(n.name, name, f"min_nodes is {spec.min_nodes}") for n in more]
+    plan.start += starts
 
     if blocked:
         return
@@ -205,6 +311,15 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, plan: Plan) -> None:
 
 def decide(snapshot: Snapshot) -> Plan:
     plan = Plan()
+    groups = group(snapshot.nodes)
+    specs = {s.name: s for s in snapshot.nodesets}
+    waiting: dict[str, list[Job]] = {}
+    for job in snapshot.jobs:
+        if job.running or not job.wants_resources or job.count < 1:
+            continue
+        target = job.nodeset if not job.nodesets and job.nodeset in specs else _choose(job, specs, groups)
+        if target is not None:
+            waiting.setdefault(target, []).append(job)
     for spec in snapshot.nodesets:
-        decide_nodeset(spec, snapshot, plan)
+        decide_nodeset(spec, snapshot, groups.get(spec.name) or Group(), waiting.get(spec.name, []), plan)
     return plan

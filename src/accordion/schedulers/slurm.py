@@ -12,6 +12,7 @@ for 10-30 s after their nodes are up, which misses the cold-start target by an o
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -127,33 +128,44 @@ def parse_scontrol_oneliner(line: str) -> dict[str, str]:
     return fields
 
 
-def node_view(fields: dict[str, str]) -> SchedNode:
+def node_view(fields: dict[str, str], has_jobs: bool = False) -> SchedNode:
+    """One node's facts from `scontrol show node -o`. Jobs come first: a node with jobs or allocated CPUs
+    on it is BUSY (or DRAINING, if Accordion drained it) whatever its other flags say: `*` (a missed ping),
+    UNKNOWN (slurmctld just restarted, slurmd not re-registered yet) or DOWN (jobs not requeued yet)."""
     flags = fields.get("State", "UNKNOWN").upper().split("+")
     base = flags[0].rstrip("*~#!%$@^-")
-    not_responding = "*" in flags[0]
+    responding = "*" not in flags[0] and "NOT_RESPONDING" not in flags and base not in ("DOWN", "UNKNOWN", "FUTURE")
     reason = fields.get("Reason", "")
     ours = reason.startswith(REASON_PREFIX)
     cpus = int(fields.get("CPUTot", "0") or 0)
     alloc = int(fields.get("CPUAlloc", "0") or 0)
-    busy = base in ("ALLOCATED", "MIXED", "COMPLETING") or "COMPLETING" in flags or alloc > 0
+    memory = int(fields.get("RealMemory", "0") or 0)
+    alloc_mem = int(fields.get("AllocMem", "0") or 0)
+    in_use = has_jobs or alloc > 0 or base in ("ALLOCATED", "MIXED", "COMPLETING") or "COMPLETING" in flags
     drain = "DRAIN" in flags or base in ("DRAINED", "DRAINING")
-    if base in ("DOWN", "UNKNOWN", "FUTURE") or not_responding or "NOT_RESPONDING" in flags:
-        state = SchedState.UNKNOWN
-    elif drain and ours:
-        state = SchedState.DRAINING if busy else SchedState.DRAINED
-    elif busy:
-        state = SchedState.BUSY
-    elif drain:
-        # Drained by an administrator: not ours to remove, and not usable.
-        state = SchedState.BUSY
-    else:
+    down = base == "DOWN"
+    held = (drain or down) and not ours
+    if in_use:
+        state = SchedState.DRAINING if drain and ours else SchedState.BUSY
+    elif drain and not ours:
+        state = SchedState.HELD  # an administrator's or Slurm's own drain: theirs to lift
+    elif down and not ours:
+        state = SchedState.DOWN
+    elif drain and not down:
+        state = SchedState.DRAINED  # drained by Accordion and empty: ready to remove
+    elif responding:
         state = SchedState.IDLE
+    else:
+        state = SchedState.UNKNOWN
     idle_since = _parse_time(fields.get("LastBusyTime", "")) if state == SchedState.IDLE else None
-    marked_absent = base == "DOWN" and ours
+    marked_absent = down and ours
     stamp = re.search(r"\[[^@\]]*@([0-9T:-]+)\]$", reason)
     absent_since = _parse_time(stamp.group(1)) if marked_absent and stamp else None
     reason = re.sub(r"\s*\[[^\]]*\]$", "", reason).removeprefix(REASON_PREFIX).strip()
-    return SchedNode(fields.get("NodeName", ""), state, max(0, cpus - alloc), idle_since, reason, marked_absent, absent_since)
+    return SchedNode(
+        fields.get("NodeName", ""), state, max(0, cpus - alloc), idle_since, reason, marked_absent, absent_since,
+        free_mem=max(0, memory - alloc_mem), responding=responding, held=held,
+    )
 
 
 class SlurmScheduler:
@@ -322,51 +334,81 @@ class SlurmScheduler:
             return None
 
     def observe(self) -> SchedulerView:
+        jobs = parse_squeue_json(self._cmd(["squeue", "--json"]), [ns.name for ns in self.config.nodesets])
+        with_jobs = {n for j in jobs if j.running for n in j.node_names}
         nodes: dict[str, SchedNode] = {}
         for line in self._cmd(["scontrol", "show", "node", "-o"]).splitlines():
             if line.strip():
-                view = node_view(parse_scontrol_oneliner(line))
+                fields = parse_scontrol_oneliner(line)
+                view = node_view(fields, fields.get("NodeName", "") in with_jobs)
                 nodes[view.name] = view
-        jobs = parse_squeue(self._cmd(["squeue", "-h", "-t", "PD,R,CF,CG", "-o", SQUEUE_FORMAT]), self._default_nodeset())
-        return SchedulerView(nodes, [j for j in jobs if j.nodeset in self._nodesets()])
-
-    def _nodesets(self) -> set[str]:
-        return {ns.name for ns in self.config.nodesets}
-
-    def _default_nodeset(self) -> str:
-        return self.config.nodesets[0].name
+        return SchedulerView(nodes, jobs)
 
 
+# Job states in which a job holds its nodes.
+HOLDING = {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
 
-SQUEUE_FORMAT = "%i|%P|%T|%D|%C|%r|%V|%N|%h"
+
+def array_tasks(spec: str) -> int:
+    """How many tasks an array's pending record stands for: `1-100%10`, `3,5-9:2`, `7`."""
+    count = 0
+    for part in spec.split("%")[0].split(","):
+        if not part:
+            continue
+        bounds, _, step = part.partition(":")
+        first, _, last = bounds.partition("-")
+        count += (int(last) - int(first)) // int(step or 1) + 1 if last else 1
+    return count
 
 
-def parse_squeue(text: str, default_partition: str) -> list[Job]:
+def parse_squeue_json(text: str, nodesets: list[str]) -> list[Job]:
+    """Every job of the node sets Accordion manages, with its shape read in full (squeue --json, OpenAPI
+    v0.0.38 on Slurm 22.05): node and CPU counts, memory per node or per CPU, required and excluded nodes,
+    every partition it may run in, the pending tasks of an array (one record for all of them) and its
+    array throttle (`%N`), and `--exclusive`."""
     from ClusterShell.NodeSet import NodeSet as HostList
 
+    data = json.loads(text)
+    records = data.get("jobs", [])
+    # An array's tasks run as records of their own; its throttle counts them.
+    running_tasks: dict[int, int] = {}
+    for r in records:
+        if r.get("array_job_id") and r.get("array_task_id") is not None and r.get("job_state") in HOLDING:
+            running_tasks[r["array_job_id"]] = running_tasks.get(r["array_job_id"], 0) + 1
     jobs = []
-    for line in text.splitlines():
-        parts = line.split("|")
-        if len(parts) != 9:
+    for r in records:
+        state = r.get("job_state", "")
+        running = state in HOLDING
+        if not running and state != "PENDING":
             continue
-        jid, part, state, nnodes, ncpus, reason, submit, nodelist, share = parts
-        nodes = max(1, int(nnodes or 1))
-        cpus = max(1, int(ncpus or 1))
-        running = state in ("RUNNING", "CONFIGURING", "COMPLETING")
-        # A job submitted to several partitions counts against the first one Accordion manages.
-        partition = part.split(",")[0] or default_partition
+        mine = tuple(p for p in str(r.get("partition") or "").split(",") if p in nodesets)
+        if not mine:
+            continue
+        reason = str(r.get("state_reason") or "")
+        count = 1
+        if not running and r.get("array_task_string"):
+            count = array_tasks(str(r["array_task_string"]))
+            if r.get("array_max_tasks"):
+                count = max(0, min(count, int(r["array_max_tasks"]) - running_tasks.get(r["array_job_id"], 0)))
         jobs.append(
             Job(
-                id=jid,
-                nodeset=partition,
-                nodes=nodes,
-                cpus_per_node=-(-cpus // nodes),
+                id=str(r["job_id"]),
+                nodeset=mine[0],
+                nodes=max(1, int(r.get("node_count") or 1)),
+                cpus_per_node=max(1, int(r.get("minimum_cpus_per_node") or 1), int(r.get("cpus_per_task") or 1)),
                 running=running,
-                submit_time=_parse_time(submit) or 0.0,
-                wants_resources=(not running) and (reason in RESOURCE_REASONS or reason.split(",")[0] in RESOURCE_REASONS),
-                node_names=tuple(HostList(nodelist)) if running and nodelist and nodelist != "(null)" else (),
+                submit_time=float(r.get("submit_time") or 0),
+                wants_resources=not running and (reason in RESOURCE_REASONS or reason.split(",")[0] in RESOURCE_REASONS),
+                node_names=tuple(HostList(r["nodes"])) if running and r.get("nodes") else (),
                 reason=reason,
-                exclusive=share == "NO",
+                exclusive=r.get("shared") == "none",
+                nodesets=mine,
+                cpus=max(1, int(r.get("cpus") or 1)),
+                mem_per_node=int(r.get("memory_per_node") or 0),
+                mem_per_cpu=int(r.get("memory_per_cpu") or 0),
+                required=tuple(HostList(r["required_nodes"])) if r.get("required_nodes") else (),
+                excluded=tuple(HostList(r["excluded_nodes"])) if r.get("excluded_nodes") else (),
+                count=count,
             )
         )
     return jobs

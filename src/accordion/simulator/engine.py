@@ -289,7 +289,7 @@ class Simulation:
             # Node(...) runs a frozen dataclass's five object.__setattr__ calls, which were the engine's
             # largest cost: the same object, its fields set at once (test_snapshot_nodes_are_nodes).
             node = _new(Node)
-            fields = {"name": names[x], "nodeset": NODESET, "state": state[x], "since": since[x], "free_cpus": free[x]}
+            fields = {"name": names[x], "nodeset": NODESET, "state": state[x], "since": since[x], "free_cpus": free[x], "free_mem": 0}
             _setattr(node, "__dict__", fields)
             nodes[x] = node
         self.dirty.clear()
