@@ -136,7 +136,7 @@ def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
         counts: dict[str, int] = {}
         for n in mine:
             counts[n["state"]] = counts.get(n["state"], 0) + 1
-        pending = [j for j in jobs if j["nodeset"] == ns.name and not j["running"]]
+        pending = [j for j in jobs if j["nodeset"] == ns.name and j.get("waiting", not j["running"])]
         sets.append(
             {
                 "name": ns.name,
@@ -146,12 +146,15 @@ def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
                 "memory_mb": ns.memory_mb,
                 "idle_timeout": ns.idle_timeout,
                 "scaling": f"pinned to {pins[ns.name]}" if ns.name in pins else "auto",
-                "nodes": {k: counts.get(k, 0) for k in ("starting", "idle", "busy", "draining", "failed", "absent")},
+                "nodes": {k: counts.get(k, 0) for k in ("starting", "idle", "busy", "unresponsive", "draining", "held", "failed", "absent")},
                 "node_states": {n["name"]: n["state"] for n in mine if n["state"] != "absent"},
                 "running_jobs": sum(1 for j in jobs if j["nodeset"] == ns.name and j["running"]),
-                "pending_jobs": len(pending),
-                "pending_cpus": sum(j["nodes"] * j["cpus_per_node"] for j in pending),
+                "pending_jobs": sum(j.get("count", 1) for j in pending),
+                "pending_cpus": sum(j.get("count", 1) * j["nodes"] * j["cpus_per_node"] for j in pending),
                 "pending_reasons": sorted({j["reason"] for j in pending}),
+                # Names out of use, and why: drained by an administrator or the scheduler, or failed starts.
+                "held": {n: r for n, r in st.get("held", {}).items() if n in ns.node_names()},
+                "failures": {n: f for n, f in st.get("failures", {}).items() if n in ns.node_names()},
             }
         )
     events = list(read_events(c.paths.events))[-recent:]

@@ -1,0 +1,299 @@
+"""Never kill a job, never strand one: real Slurm in the states production produces (issue 11).
+
+Each test here failed on the code before the fix (see the issue): busy nodes deleted after a slurmctld restart
+or a missed ping, drains by others counted as capacity, arrays scaled one node per step, job shapes read in
+part, failed names never retried, a failed listing read as "no containers".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.live.cluster import wait_for
+
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def created(c) -> dict[str, float]:
+    """node -> creation time of its container (a recreated node has a new one)."""
+    nodes = Path("/run/accordion") / c.name / "nodes"
+    return {p.name: float((p / "created").read_text()) for p in nodes.iterdir() if (p / "created").exists()}
+
+
+def requested(c, after: float = 0.0) -> list[str]:
+    return [e["node"] for e in c.events() if e["kind"] == "requested" and e["ts"] >= after]
+
+
+def gone_events(c, node: str) -> list[dict]:
+    return [e for e in c.events() if e.get("node") == node and e["kind"] in ("removed", "failed", "lost", "draining")]
+
+
+def run_long_enough(c, job: str, seconds: float) -> str:
+    """Wait until the job has run `seconds` and slurmctld has saved it as running; its node."""
+    c.wait_job(job, {"RUNNING"}, 30)
+    running_at = time.time()
+    state = Path("/var/lib/accordion") / c.name / "scheduler" / "state" / "job_state"
+    wait_for(lambda: state.stat().st_mtime > running_at, 20, "slurmctld to save the running job")
+    time.sleep(max(0.0, seconds - (time.time() - running_at)))
+    return c.job(job)["NodeList"]
+
+
+ONE_SET = {"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 60}],
+           "controller": {"resume_timeout": 4}}
+
+
+def test_slurmctld_killed_under_a_job_older_than_resume_timeout(make_cluster):
+    c = make_cluster(ONE_SET)
+    job = c.sbatch("sleep 25; echo survived", "-N1", name="long")
+    node = run_long_enough(c, job, 8)  # twice resume_timeout: a node judged by its age would be given up
+    before = created(c)[node]
+    pid = int((Path("/run/accordion") / c.name / "pids" / "slurmctld.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: any("server restarted" in e.get("reason", "") for e in c.events()), 30, "slurmctld restarted")
+    assert c.wait_job(job, DONE, 60) == "COMPLETED"
+    info = c.job(job)
+    assert info["JobId"] == job and info["Restarts"] == "0" and info["NodeList"] == node
+    assert "survived" in (c.shared / f"slurm-{job}.out").read_text()
+    assert created(c)[node] == before and gone_events(c, node) == []
+
+
+def test_slurmd_stopped_15_s_under_a_job(make_cluster):
+    c = make_cluster(ONE_SET)
+    job = c.sbatch("sleep 30; echo survived", "-N1", name="paused")
+    node = run_long_enough(c, job, 6)
+    before = created(c)[node]
+    pids = subprocess.run(["pgrep", "-f", f"slurmd -D -b -N {node} "], capture_output=True, text=True).stdout.split()
+    assert len(pids) == 1, pids
+    os.kill(int(pids[0]), signal.SIGSTOP)
+    flags = set()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            flags.add(c.sh(f"sinfo -h -n {node} -o %t").strip())
+            time.sleep(1)
+    finally:
+        os.kill(int(pids[0]), signal.SIGCONT)
+    assert any(f.endswith("*") for f in flags), f"slurmd was never reported not responding: {flags}"
+    assert c.wait_job(job, DONE, 60) == "COMPLETED"
+    assert c.job(job)["Restarts"] == "0"
+    assert created(c)[node] == before and gone_events(c, node) == []
+
+
+def test_drains_by_an_administrator_are_theirs(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 3, "cpus": 1, "memory_mb": 256, "idle_timeout": 600}]})
+    busy_job = c.sbatch("sleep 15", "-N1", name="busy")
+    idle_job = c.sbatch("true", "-N1", name="short")
+    c.wait_job(busy_job, {"RUNNING"}, 30)
+    c.wait_job(idle_job, DONE, 30)
+    busy, idle = c.job(busy_job)["NodeList"], c.job(idle_job)["NodeList"]
+    assert busy != idle and wait_for(lambda: c.node_states().get(idle) == "idle", 10, "the idle node")
+    c.sh(f"scontrol update nodename={busy},{idle} state=drain reason='maintenance by admin'")
+    t0 = time.time()
+    job = c.sbatch("hostname", "-N1", name="after")
+    # Neither drained node is capacity: a third node starts for the new job, which runs there.
+    assert c.wait_job(job, DONE, 30) == "COMPLETED"
+    third = c.job(job)["NodeList"]
+    assert third not in (busy, idle) and requested(c, t0) == [third]
+    # The idle one's container goes at once, the busy one's once its job has ended; the names stay drained.
+    wait_for(lambda: idle not in c.containers(), 15, "the drained idle node's container removed")
+    assert busy in c.containers() and c.job_state(busy_job) == "RUNNING"
+    assert c.wait_job(busy_job, DONE, 30) == "COMPLETED"
+    wait_for(lambda: busy not in c.containers(), 15, "the drained busy node's container removed")
+    reasons = c.sh("sinfo -R -h -o '%n|%E'")
+    for node in (busy, idle):
+        assert f"{node}|maintenance by admin" in reasons, reasons
+    st = c.status()
+    compute = st["nodesets"][0]
+    assert compute["node_states"][busy] == compute["node_states"][idle] == "held"
+    assert compute["held"] == {busy: "maintenance by admin", idle: "maintenance by admin"}
+    # Resumed by the administrator: the names are usable again.
+    c.sh(f"scontrol update nodename={busy},{idle} state=resume")
+    c.sh(f"scancel --quiet --nodelist={third} || true")
+    t1 = time.time()
+    wide = c.sbatch("hostname", "-N3", name="wide")
+    assert c.wait_job(wide, DONE, 60) == "COMPLETED"
+    assert {busy, idle} <= set(requested(c, t1))
+
+
+def test_array_asks_for_all_its_nodes_at_once(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 8, "cpus": 1, "memory_mb": 128, "idle_timeout": 2}]})
+    t0 = time.time()
+    array = c.sbatch("sleep 4", "--array=1-8", "-o", "/dev/null", name="array")
+    wait_for(lambda: len(requested(c, t0)) == 8, 15, "8 nodes requested")
+    first = [e["ts"] for e in c.events() if e["kind"] == "requested" and e["ts"] >= t0]
+    # One plan asked for all of them (before, one node per step: 114 of 280 after 214 s).
+    assert max(first) - min(first) < 1.0, first
+    running = wait_for(lambda: (n := c.sh(f"squeue -h -j {array} -t R | wc -l").strip()) == "8" and n, 30, "8 tasks running")
+    assert running == "8"
+
+
+# ----- job shapes, each asserting exactly which nodes start -----
+
+SHAPES = {
+    "nodesets": [
+        {"name": "small", "name_base": "s", "max_nodes": 4, "cpus": 1, "memory_mb": 256, "idle_timeout": 1},
+        {"name": "big", "name_base": "b", "max_nodes": 2, "cpus": 4, "memory_mb": 1024, "idle_timeout": 1},
+        {"name": "wide", "name_base": "w", "max_nodes": 2, "cpus": 2, "memory_mb": 1024, "idle_timeout": 1},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    import uuid
+
+    from tests.live.cluster import LiveCluster
+
+    c = LiveCluster(f"sh-{uuid.uuid4().hex[:6]}", SHAPES, tmp_path_factory.mktemp("shapes"))
+    c.up()
+    yield c
+    c.down()
+
+
+def quiet(c) -> float:
+    """No job and no node left from the previous test; the time from which to count requests."""
+    c.sh("scancel --quiet --user=root || true")
+    wait_for(lambda: not c.containers(), 30, "every node removed")
+    return time.time()
+
+
+def starts_for(c, t0: float, expect: set[str], settle: float = 3.0) -> set[str]:
+    wait_for(lambda: set(requested(c, t0)) >= expect, 20, f"{sorted(expect)} requested")
+    time.sleep(settle)  # and nothing else is asked for
+    return set(requested(c, t0))
+
+
+def test_memory_is_fitted(shapes):
+    c = shapes
+    t0 = quiet(c)
+    first = c.sbatch("sleep 20", "-p", "wide", "-c1", "--mem=800", name="mem1")
+    c.wait_job(first, {"RUNNING"}, 30)
+    assert set(requested(c, t0)) == {"w-0"}
+    t1 = time.time()
+    # A CPU is free on w-0, but not 500 MB: a second node starts at once.
+    second = c.sbatch("sleep 1", "-p", "wide", "-c1", "--mem=500", name="mem2")
+    assert starts_for(c, t1, {"w-1"}) == {"w-1"}
+    c.wait_job(second, {"RUNNING", "COMPLETED"}, 30)
+    assert c.job(second)["NodeList"] == "w-1"
+
+
+def test_required_node_is_started_by_name(shapes):
+    c = shapes
+    t0 = quiet(c)
+    job = c.sbatch("hostname", "-p", "small", "-w", "s-2", name="named")
+    assert starts_for(c, t0, {"s-2"}) == {"s-2"}
+    assert c.wait_job(job, DONE, 30) == "COMPLETED" and c.job(job)["NodeList"] == "s-2"
+
+
+def test_excluded_nodes_are_never_started_for_it(shapes):
+    c = shapes
+    t0 = quiet(c)
+    job = c.sbatch("hostname", "-p", "small", "-N2", "--exclude=s-0,s-1", name="excl")
+    assert starts_for(c, t0, {"s-2", "s-3"}) == {"s-2", "s-3"}
+    assert c.wait_job(job, DONE, 30) == "COMPLETED"
+
+
+def test_excluded_idle_node_is_not_capacity(shapes):
+    c = shapes
+    t0 = quiet(c)
+    warm = c.sbatch("true", "-p", "big", name="warm")
+    c.wait_job(warm, DONE, 30)
+    t1 = time.time()
+    job = c.sbatch("hostname", "-p", "big", "--exclude=b-0", name="notb0")
+    assert starts_for(c, t1, {"b-1"}) == {"b-1"} and requested(c, t0)[0] == "b-0"
+    assert c.wait_job(job, DONE, 30) == "COMPLETED"
+
+
+def test_several_partitions_take_nodes_from_one(shapes):
+    c = shapes
+    t0 = quiet(c)
+    hold = c.sbatch("sleep 20", "-p", "wide", "-N2", "--exclusive", name="fill")
+    c.wait_job(hold, {"RUNNING"}, 30)
+    t1 = time.time()
+    # wide is full: the job takes its node from big, the other partition it names.
+    job = c.sbatch("hostname", "-p", "wide,big", "-c2", name="either")
+    assert starts_for(c, t1, {"b-0"}) == {"b-0"}
+    assert c.wait_job(job, DONE, 30) == "COMPLETED" and c.job(job)["NodeList"] == "b-0"
+    assert set(requested(c, t0)) == {"w-0", "w-1", "b-0"}
+
+
+def test_tasks_spread_by_node_size(shapes):
+    c = shapes
+    t0 = quiet(c)
+    on_small = c.sbatch("srun hostname", "-p", "small", "-n4", name="n4small")
+    assert starts_for(c, t0, {"s-0", "s-1", "s-2", "s-3"}) == {"s-0", "s-1", "s-2", "s-3"}
+    assert c.wait_job(on_small, DONE, 30) == "COMPLETED"
+    t1 = quiet(c)
+    on_big = c.sbatch("srun hostname", "-p", "small,big", "-n4", "--exclude=s-0", name="n4either")
+    # Only 3 small nodes may take it: 1 big node of 4 CPUs does.
+    assert starts_for(c, t1, {"b-0"}) == {"b-0"}
+    assert c.wait_job(on_big, DONE, 30) == "COMPLETED"
+
+
+def test_jobs_not_waiting_for_nodes_start_nothing(shapes):
+    c = shapes
+    t0 = quiet(c)
+    held = c.sbatch("true", "-p", "small", "-H", name="held")
+    later = c.sbatch("true", "-p", "small", "--begin=now+1hour", name="later")
+    blocker = c.sbatch("true", "-p", "small", "-H", name="blocker")
+    dependent = c.sbatch("true", "-p", "small", f"--dependency=afterok:{blocker}", name="dep")
+    time.sleep(4)
+    assert requested(c, t0) == []
+    for job in (held, later, dependent):
+        assert c.job_state(job) == "PENDING"
+    c.sh(f"scancel {held} {later} {blocker} {dependent}")
+
+
+# ----- failures -----
+
+
+def runtime_wrapper(tmp_path: Path, body: str) -> Path:
+    """A container runtime put in front of the real runc (on PATH, inherited by the controller)."""
+    real = subprocess.run(["bash", "-c", "command -v runc"], capture_output=True, text=True, check=True).stdout.strip()
+    wrapper = tmp_path / "bin" / "runc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/bash\n{body}\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper.parent
+
+
+def test_failed_starts_back_off_and_capacity_comes_back(make_cluster, monkeypatch, tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    # The first three `runc run` fail, the next ones work.
+    body = f'if [[ " $* " == *" run "* ]] && [ "$(ls {faults} | wc -l)" -lt 3 ]; then mktemp -p {faults} >/dev/null; echo "injected: no space" >&2; exit 1; fi'
+    monkeypatch.setenv("PATH", f"{runtime_wrapper(tmp_path, body)}:{os.environ['PATH']}")
+    c = make_cluster({
+        "nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 1, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}],
+        "controller": {"max_start_failures": 1, "retry_backoff": 1, "retry_backoff_max": 2},
+    })
+    job = c.sbatch("hostname", "-N1", name="patient")
+    assert c.wait_job(job, DONE, 60) == "COMPLETED"
+    failed = [e for e in c.events() if e["kind"] == "failed"]
+    assert len(failed) == 3 and all(e["node"] == "n-0" and "injected: no space" in e["reason"] for e in failed)
+    assert "retried in 1 s" in failed[0]["reason"] and "retried in 2 s" in failed[2]["reason"]
+    assert c.status()["nodesets"][0]["failures"] == {}  # registered: forgotten
+
+
+def test_failed_listing_deletes_nothing(make_cluster, monkeypatch, tmp_path):
+    broken = tmp_path / "list-fails"
+    body = f'if [[ " $* " == *" list "* ]] && [ -e {broken} ]; then echo "injected: listing failed" >&2; exit 1; fi'
+    monkeypatch.setenv("PATH", f"{runtime_wrapper(tmp_path, body)}:{os.environ['PATH']}")
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 600}]})
+    job = c.sbatch("sleep 10; echo survived", "-N2", name="both")
+    c.wait_job(job, {"RUNNING"}, 30)
+    before = created(c)
+    broken.touch()
+    time.sleep(5)  # a few resyncs with a listing that fails
+    broken.unlink()
+    assert c.wait_job(job, DONE, 30) == "COMPLETED" and c.job(job)["Restarts"] == "0"
+    assert created(c) == before
+    kinds = [(e["kind"], e.get("reason", "")) for e in c.events()]
+    assert not [k for k in kinds if k[0] in ("removed", "lost", "failed")], kinds
+    assert any(k == "controller" and "injected: listing failed" in r for k, r in kinds), kinds
