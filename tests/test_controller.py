@@ -12,7 +12,8 @@ from accordion.controller import Controller
 from accordion.events import EventLog, read_events
 from accordion.model import Job, SchedNode, SchedState, SchedulerView
 from accordion.paths import ClusterPaths
-from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
+from accordion.providers.base import NodeInfo, NodeSpec, Provider, ProviderError
+from accordion.schedulers.base import Scheduler
 
 
 class FakeProvider:
@@ -32,6 +33,21 @@ class FakeProvider:
 
     def delete(self, name: str) -> None:
         self.nodes.pop(name, None)
+
+    def setup(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        self.nodes.clear()
+
+    def head_address(self) -> str:
+        return "127.0.0.1"
+
+    def address(self, node: str) -> str:
+        return "127.0.0.1"
+
+    def enter(self) -> list[str]:
+        return []
 
     def list(self):
         if self.fail_list:
@@ -79,6 +95,28 @@ class FakeScheduler:
 
     def changes(self):
         return None
+
+    def setup(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        pass
+
+    def running(self) -> bool:
+        return True
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def wrap(self) -> list[str]:
+        return []
+
+
+def test_fakes_implement_the_protocols() -> None:
+    """Checked by mypy --strict (scripts/lint.sh): a fake that drifts from a protocol fails there."""
+    provider: Provider = FakeProvider(lambda: 0.0)
+    scheduler: Scheduler = FakeScheduler(FakeProvider(lambda: 0.0))
+    assert provider.list() == {} and scheduler.observe().jobs == []
 
 
 def make(tmp_path, monkeypatch, **controller):
@@ -275,3 +313,49 @@ def test_hung_start_does_not_block_the_loop_and_is_given_up(tmp_path, monkeypatc
     ctl.step()
     assert "c-0" not in prov.nodes and "c-0" not in ctl.ops
     assert counts(ctl) == {"c-0": 1}
+
+
+def test_registered_node_is_never_starting_again(tmp_path, monkeypatch):
+    """slurmctld restarted, or a missed ping: the scheduler reports a node that has registered once as
+    unknown. Judged by its age it was given up as "did not register" and deleted under its job."""
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5)
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+    step(ctl)
+    step(ctl)
+    assert sched.state["c-0"].state == SchedState.IDLE
+    sched.jobs = [Job("1", "c", 1, 2, True, 0.0, node_names=("c-0",))]
+    now[0] += 60  # far beyond resume_timeout
+    for state, free in ((SchedState.UNKNOWN, 0), (SchedState.BUSY, 0)):
+        sched.registers = False
+        sched.state["c-0"] = SchedNode("c-0", state, free, responding=False)
+        for _ in range(3):
+            now[0] += 10
+            step(ctl)
+        assert "c-0" in prov.nodes and sched.absent_calls == []
+    snap = ctl.snapshot(sched.observe(), prov.list(), now[0])
+    assert snap.nodes[0].state.value == "busy"
+    sched.state["c-0"] = SchedNode("c-0", SchedState.UNKNOWN, 0, responding=False)
+    assert ctl.snapshot(sched.observe(), prov.list(), now[0]).nodes[0].state.value == "unresponsive"
+    # The same after a controller restart: what registered is on disk.
+    ctl2 = Controller(ctl.config, paths, sched, prov, ctl.events, clock=ctl.clock)
+    assert ctl2.snapshot(sched.observe(), prov.list(), now[0]).nodes[0].state.value == "unresponsive"
+
+
+def test_drain_by_someone_else_is_kept_and_its_container_removed_once_empty(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+    step(ctl)
+    step(ctl)
+    # An administrator drains the busy node: no room on it, nothing deleted while its job runs.
+    sched.state["c-0"] = SchedNode("c-0", SchedState.BUSY, 2, reason="maintenance", held=True)
+    sched.jobs = [Job("1", "c", 1, 1, True, 0.0, node_names=("c-0",)), Job("2", "c", 1, 1, False, 1.0)]
+    step(ctl)
+    assert "c-0" in prov.nodes and "c-1" in prov.nodes  # the new job gets a node of its own
+    sched.state["c-0"] = SchedNode("c-0", SchedState.HELD, 0, reason="maintenance", held=True)
+    step(ctl)
+    assert "c-0" not in prov.nodes and ("removed", "c-0") in kinds(paths)
+    assert [n for n, _ in sched.absent_calls] == []  # the drain and its reason stay the administrator's
+    step(ctl)  # the removal, run on the pool, is collected
+    snap = ctl.snapshot(sched.observe(), prov.list(), now[0])
+    assert snap.nodes[0].state.value == "held"
+    assert ctl._held == {"c-0": "maintenance"}

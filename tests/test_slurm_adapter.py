@@ -87,3 +87,21 @@ def test_slurm_conf_declares_capacity_and_limits():
     assert "PartitionName=a Nodes=a-0,a-1,a-2 MaxNodes=3" in conf
     assert "EnforcePartLimits=ALL" in conf and "ReturnToService=2" in conf
     assert "SlurmctldHost=host(10.77.0.1)" in conf
+
+
+def test_not_waiting_before_slurm_says_why():
+    """Until Slurm's next scheduling pass, a held job, a future begin time and an unmet dependency read as
+    ReqNodeNotAvail (records as 22.05 prints them right after sbatch): the job itself says it waits for
+    something other than nodes."""
+    import json
+    import time
+
+    base = {"job_state": "PENDING", "partition": "small", "node_count": 1, "cpus": 1, "submit_time": 1, "state_reason": "ReqNodeNotAvail"}
+    records = [
+        {**base, "job_id": 1, "priority": 100, "eligible_time": int(time.time()) + 3600},
+        {**base, "job_id": 2, "priority": 0, "eligible_time": 0},
+        {**base, "job_id": 3, "priority": 100, "dependency": "afterok:1_*(unfulfilled)"},
+        {**base, "job_id": 4, "priority": 100, "eligible_time": int(time.time()) - 1},
+    ]
+    jobs = {j.id: j for j in parse_squeue_json(json.dumps({"jobs": records}), ["small"])}
+    assert [jobs[i].waiting for i in "1234"] == [False, False, False, True]

@@ -116,31 +116,35 @@ class Controller:
             elif error is None:
                 self.events.emit("started", name, self.nodeset_of[name])
             else:
-                self._start_failed(name, f"could not start: {error}")
+                self._take_out(name, f"could not start: {error}", failed=True)
 
     def _submit(self, name: str, kind: str) -> None:
         task = self._start if kind == "start" else self.provider.delete
         self.ops[name] = Op(kind, self.pool.submit(task, name))
 
-    def _start_failed(self, name: str, reason: str) -> None:
-        previous = self.failures.get(name)
-        count = previous.count + 1 if previous else 1
-        over = count - self.settings.max_start_failures
-        wait = 0.0 if over < 0 else min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2**over)
-        self.failures[name] = Failure(count, reason, self.clock() + wait)
+    def _take_out(self, name: str, reason: str, kind: str = "removed", *, tell: bool = True, failed: bool = False) -> None:
+        """The one way out for a node: its container is deleted on the pool (a start still running is
+        abandoned and removed once it returns), and the scheduler is told it has none, with one reason.
+        `tell` false keeps a drain someone else set, with their reason; `failed` counts a failed start,
+        which delays the name's next start (see `_state`). Only for nodes the scheduler runs nothing on, or
+        whose jobs it has just been told are lost: a busy node leaves by draining first (`release`)."""
+        op = self.ops.get(name)
+        if op is None:
+            self._submit(name, "remove")
+        elif op.kind == "start":
+            op.abandoned = True
+        self.registered.pop(name, None)
+        if failed:
+            previous = self.failures.get(name)
+            count = previous.count + 1 if previous else 1
+            over = count - self.settings.max_start_failures
+            wait = 0.0 if over < 0 else min(self.settings.retry_backoff_max, self.settings.retry_backoff * 2**over)
+            self.failures[name] = Failure(count, reason, self.clock() + wait)
+            reason += f"; retried in {wait:.0f} s" if wait else ""
+            kind = "failed"
         self._save()
-        self.scheduler.mark_absent([name], reason)
-        retry = f"; retried in {wait:.0f} s" if wait else ""
-        self.events.emit("failed", name, self.nodeset_of[name], reason + retry)
-
-    def _take_out(self, name: str, reason: str, kind: str = "removed", tell: bool = True) -> None:
-        """The one way out for a node: the scheduler is told it has no container (unless `tell` is false:
-        a drain set by someone else keeps their reason), then the container is deleted on the pool. Only
-        for nodes the scheduler runs nothing on, or whose jobs it has just been told are lost."""
         if tell:
             self.scheduler.mark_absent([name], reason)
-        self._submit(name, "remove")
-        self.registered.pop(name, None)
         self.events.emit(kind, name, self.nodeset_of.get(name, ""), reason)
 
     def _reconcile(self, view: SchedulerView, containers: dict[str, NodeInfo]) -> None:
@@ -156,11 +160,8 @@ class Controller:
             if not info.running:
                 del containers[name]
                 why = "node container exited" + (f": {info.reason}" if info.reason else "")
-                if self.registered.get(name) != info.created:
-                    self._submit(name, "remove")
-                    self._start_failed(name, why)  # it never came up: a failed start
-                else:
-                    self._take_out(name, why, "failed")  # its jobs, if any, are requeued by the scheduler
+                # Never registered: a failed start. Registered: its jobs, if any, are requeued by the scheduler.
+                self._take_out(name, why, "failed", failed=self.registered.get(name) != info.created)
             elif sn is None:
                 continue
             elif sn.state == SchedState.DRAINED:
@@ -174,7 +175,8 @@ class Controller:
             elif sn.state == SchedState.DOWN:
                 del containers[name]
                 self._take_out(name, f"set down by {self.scheduler.name}: {sn.reason}", "failed")
-        lost, unmarked = [], []
+        lost: list[str] = []
+        unmarked: list[str] = []
         for name in self.nodeset_of:
             sn = view.nodes.get(name)
             if name in containers or name in self.ops or sn is None or sn.marked_absent or sn.state == SchedState.HELD:
@@ -188,6 +190,11 @@ class Controller:
                 self.events.emit("lost", name, self.nodeset_of[name], "node container gone while the scheduler used it")
         if unmarked:
             self.scheduler.mark_absent(unmarked)
+        seen = {n: info.created for n, info in containers.items() if (sn := view.nodes.get(n)) is not None and sn.responding
+                and sn.state in (SchedState.IDLE, SchedState.BUSY, SchedState.DRAINING)}
+        if any(self.registered.get(n) != created for n, created in seen.items()):
+            self.registered.update(seen)
+            self._save()
 
     def _state(self, name: str, sn: SchedNode | None, info: NodeInfo | None, now: float) -> tuple[NodeState, float, int, int]:
         """A node's state for the policy, from the scheduler's and the provider's facts: (state, since, free
@@ -223,10 +230,6 @@ class Controller:
         for name, ns in self.nodeset_of.items():
             sn, info = view.nodes.get(name), containers.get(name)
             state, since, free, mem = self._state(name, sn, info, now)
-            if info is not None and sn is not None and sn.state in (SchedState.IDLE, SchedState.BUSY, SchedState.DRAINING):
-                if self.registered.get(name) != info.created:
-                    self.registered[name] = info.created
-                    self._save()
             nodes.append(Node(name, ns, state, since, free, mem))
         specs = tuple(
             NodeSetSpec(ns.name, ns.min_nodes, ns.max_nodes, ns.cpus, ns.idle_timeout, pins.get(ns.name), ns.memory_mb)
@@ -243,15 +246,7 @@ class Controller:
             sn = view.nodes.get(stop.node)
             if op is not None or states[stop.node] == NodeState.STARTING:
                 # Never registered, so nothing runs on it.
-                if op is not None:
-                    op.abandoned = True  # its start still runs: removed once it returns (_collect)
-                else:
-                    self._submit(stop.node, "remove")
-                if stop.failed:
-                    self._start_failed(stop.node, stop.reason)
-                else:
-                    self.scheduler.mark_absent([stop.node])
-                    self.events.emit("removed", stop.node, stop.nodeset, stop.reason)
+                self._take_out(stop.node, stop.reason, failed=stop.failed)
             elif sn is not None and sn.state not in (SchedState.IDLE, SchedState.BUSY):
                 continue  # unresponsive or leaving: the scheduler decides first
             else:

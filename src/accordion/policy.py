@@ -246,14 +246,17 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], groups: dict[str, Group]) -
     for name in usable:
         s, g = shape(job, specs[name]), groups.get(name) or Group()
         assert s is not None
-        free = sum(1 for n in g.busy_free if n.free_cpus >= s.cpus) + len(g.idle) + len(g.starting)
+        free = sum(1 for n in g.busy_free + g.idle + g.starting if n.name not in job.excluded and (n.state is not _BUSY or n.free_cpus >= s.cpus))
         if free >= s.nodes:
             return name
+    excluded = set(job.excluded)
     for name in usable:
         s, g = shape(job, specs[name]), groups.get(name) or Group()
         assert s is not None
         active = len(g.starting) + len(g.idle) + g.busy
-        if s.nodes <= len(g.idle) + len(g.starting) + min(len(g.absent), specs[name].max_nodes - active):
+        startable = sum(1 for n in g.absent if n.name not in excluded)
+        up = sum(1 for n in g.idle + g.starting if n.name not in excluded)
+        if s.nodes <= up + min(startable, specs[name].max_nodes - active):
             return name
     return usable[0]
 

@@ -19,6 +19,7 @@ import re
 import secrets
 import socket
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -361,6 +362,19 @@ def array_tasks(spec: str) -> int:
     return count
 
 
+def _wants_nodes(r: dict[str, object], reason: str, now: float) -> bool:
+    """Pending for lack of nodes. Read from the job itself too, not only from its reason: Slurm sets the
+    reason at its next scheduling pass, and until then a held job, one with a future begin time or an unmet
+    dependency reads like any other (ReqNodeNotAvail, None)."""
+    if r.get("priority") == 0:  # held (sbatch -H, scontrol hold)
+        return False
+    if float(r.get("eligible_time") or 0) > now:  # --begin in the future
+        return False
+    if "unfulfilled" in str(r.get("dependency") or ""):
+        return False
+    return reason in RESOURCE_REASONS or reason.split(",")[0] in RESOURCE_REASONS
+
+
 def parse_squeue_json(text: str, nodesets: list[str]) -> list[Job]:
     """Every job of the node sets Accordion manages, with its shape read in full (squeue --json, OpenAPI
     v0.0.38 on Slurm 22.05): node and CPU counts, memory per node or per CPU, required and excluded nodes,
@@ -370,6 +384,7 @@ def parse_squeue_json(text: str, nodesets: list[str]) -> list[Job]:
 
     data = json.loads(text)
     records = data.get("jobs", [])
+    now = time.time()
     # An array's tasks run as records of their own; its throttle counts them.
     running_tasks: dict[int, int] = {}
     for r in records:
@@ -398,7 +413,7 @@ def parse_squeue_json(text: str, nodesets: list[str]) -> list[Job]:
                 cpus_per_node=max(1, int(r.get("minimum_cpus_per_node") or 1), int(r.get("cpus_per_task") or 1)),
                 running=running,
                 submit_time=float(r.get("submit_time") or 0),
-                wants_resources=not running and (reason in RESOURCE_REASONS or reason.split(",")[0] in RESOURCE_REASONS),
+                wants_resources=not running and _wants_nodes(r, reason, now),
                 node_names=tuple(HostList(r["nodes"])) if running and r.get("nodes") else (),
                 reason=reason,
                 exclusive=r.get("shared") == "none",
