@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import os
 import re
+import textwrap
+from pathlib import Path
 
 from tests.live.cluster import LiveCluster, wait_for
 
@@ -60,3 +65,63 @@ class OarCluster(LiveCluster):
         for r in data.values():
             hosts.setdefault(r["host"], set()).add(r["state"])
         return hosts
+
+
+# The environment install_network_guard reads (it spells them out itself: it must stand alone).
+GUARD_LOG = "ACCORDION_TEST_NETGUARD_LOG"
+GUARD_NETNS = "ACCORDION_TEST_HOST_NETNS"
+
+
+def install_network_guard() -> None:
+    """Refuse, and log, every IPv4 connection (or datagram) this Python process sends to 10.0.0.0/8, where
+    clusters live, from the host's network namespace. Active while the environment names a log
+    (ACCORDION_TEST_NETGUARD_LOG) and the host's namespace (ACCORDION_TEST_HOST_NETNS, "dev:inode").
+
+    The machine's network accepts any outbound connection, so a check that connects from the host's
+    namespace passes here and fails on a real host; refusing it makes the mistake fail here too, and keeps
+    the packets on the machine. Self-contained (stdlib only): `sitecustomize` runs it in `accordion` processes."""
+    import ipaddress
+    import os
+    import socket
+    import sys
+
+    clusters = ipaddress.ip_network("10.0.0.0/8")
+
+    def audit(event: str, args: tuple) -> None:
+        if event not in ("socket.connect", "socket.sendto", "socket.sendmsg"):
+            return
+        log, host = os.environ.get("ACCORDION_TEST_NETGUARD_LOG"), os.environ.get("ACCORDION_TEST_HOST_NETNS")
+        sock, address = args[0], args[1]
+        if not log or not host or sock.family != socket.AF_INET or not isinstance(address, tuple):
+            return
+        try:
+            outside = ipaddress.ip_address(address[0]) not in clusters
+        except ValueError:
+            return  # a name: nothing on the host resolves cluster names
+        ns = os.stat("/proc/thread-self/ns/net")
+        if outside or f"{ns.st_dev}:{ns.st_ino}" != host:
+            return
+        with open(log, "a") as f:
+            f.write(f"pid {os.getpid()} ({' '.join(sys.argv)}): {event} {address[0]}:{address[1]} from the host's network namespace\n")
+        raise PermissionError(f"connection to {address[0]}:{address[1]} from the host's network namespace")
+
+    sys.addaudithook(audit)
+
+
+@functools.cache
+def guard_this_process() -> None:
+    """The network guard in this (pytest) process, for adapter code the tests run in-process; once."""
+    install_network_guard()
+
+
+def host_netns() -> str:
+    ns = os.stat("/proc/thread-self/ns/net")
+    return f"{ns.st_dev}:{ns.st_ino}"
+
+
+def write_sitecustomize(directory: Path) -> Path:
+    """A `sitecustomize` that installs the network guard in every Python started with `directory` on its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    source = textwrap.dedent(inspect.getsource(install_network_guard))
+    (directory / "sitecustomize.py").write_text(f"{source}\n\ninstall_network_guard()\n")
+    return directory

@@ -1,16 +1,49 @@
-"""OAR through the same controller, policy and provider: Appendix C and Table 10.1 (thesis l.2112-2132, l.4254-4620)."""
+"""OAR through the same controller, policy and provider: Appendix C and Table 10.1 (thesis l.2112-2132, l.4254-4620).
+
+Every test runs under the network guard: an `accordion` process (CLI or controller) or adapter code run
+here that connects to a cluster address from the host's network namespace is refused, and the test fails.
+"""
+
+import dataclasses
+import json
+import os
+import time
 
 import pytest
 
+from accordion import policy
+from accordion.cluster import Cluster
+from accordion.errors import SchedulerError
+from accordion.schedulers.oar import SERVER_PORT, SSHD_PORT, OarScheduler
 from tests.live.cluster import EXAMPLES, wait_for
-from tests.live.oar import OarCluster
+from tests.live.oar import GUARD_LOG, GUARD_NETNS, OarCluster, guard_this_process, host_netns, write_sitecustomize
 
 CONFIG = {"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "idle_timeout": 4}]}
 PINNED = {"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 4, "cpus": 2, "idle_timeout": 600}]}
+TWO_SETS = {
+    "nodesets": [
+        {"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "idle_timeout": 600},
+        {"name": "big", "name_base": "big-node", "max_nodes": 1, "cpus": 4, "idle_timeout": 600},
+    ]
+}
 
 
 @pytest.fixture
-def make_oar(make_cluster):
+def network_guard(tmp_path, monkeypatch):
+    log = tmp_path / "host-connections.log"
+    log.touch()
+    site = write_sitecustomize(tmp_path / "guard")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv(GUARD_LOG, str(log))
+    monkeypatch.setenv(GUARD_NETNS, host_netns())
+    guard_this_process()
+    yield log
+    assert log.read_text() == "", f"connections to cluster addresses from the host's network namespace:\n{log.read_text()}"
+
+
+@pytest.fixture
+def make_oar(network_guard, make_cluster):
+    # network_guard first: it is torn down last, after `accordion down` ran under it.
     return lambda config: make_cluster(config, prefix="o", kind=OarCluster)
 
 
@@ -40,6 +73,64 @@ def test_appendix_c_walkthrough_with_oar(make_oar):
     for kind in ("requested", "started", "registered", "busy", "draining", "removed"):
         assert (kind, node1) in kinds, (kind, kinds)
     c.cancel(job2)
+
+
+def test_a_node_whose_sshd_does_not_listen_is_not_set_alive(make_oar):
+    # The controller leaves a container it did not start alone for resume_timeout: long enough for this test.
+    c = make_oar({**CONFIG, "controller": {"resume_timeout": 300}})
+    cluster = Cluster.load(c.name)
+    config = cluster.config.model_copy(update={"controller": cluster.config.controller.model_copy(update={"resume_timeout": 3})})
+    sched = OarScheduler(config, cluster.paths, cluster.provider)
+    head = cluster.provider.head_address()
+    # Checks from inside the cluster's network, each seen to fail against a closed port.
+    assert sched._connects(head, SERVER_PORT) and not sched._connects(head, SSHD_PORT)
+
+    node = "hpc-node-2"
+    cluster.provider.create(dataclasses.replace(sched.node_spec(node), command=["sleep", "infinity"]))
+    # Its network is up (a refusal, not an unreachable address: well under the ARP timeout), sshd is not.
+    t0 = time.monotonic()
+    assert not sched.sshd_answers(node)
+    assert time.monotonic() - t0 < 2
+    with pytest.raises(SchedulerError, match="sshd did not answer"):
+        sched.node_started(node)
+    assert c.capacity()[node] == {"Absent"}
+
+    # The same node with its sshd: the check passes and the node comes into service.
+    cluster.provider.create(sched.node_spec(node))
+    sched.node_started(node)
+    wait_for(lambda: c.capacity()[node] == {"Alive"}, 10, f"{node} Alive")
+
+
+def test_two_node_sets_with_different_core_counts_each_get_their_own_jobs(make_oar):
+    c = make_oar(TWO_SETS)
+    sets = {r["host"]: r["nodeset"] for r in json.loads(c.sh("oarnodes -J")).values()}
+    assert sets["big-node-0"] == "big" and sets["hpc-node-2"] == "compute"
+
+    big = c.oarsub("sleep infinity", "/host=1/core=4", "-p \"nodeset='big'\"")
+    c.wait_job(big, {"RUNNING"}, 60)
+    assert c.job_nodes(big) == {"big-node-0"} and c.containers() == {"big-node-0"}
+
+    # No property: any node set; the big node is full, so a compute node.
+    small = c.oarsub("sleep infinity", "/host=1/core=2")
+    c.wait_job(small, {"RUNNING"}, 60)
+    (node,) = c.job_nodes(small)
+    assert node.startswith("hpc-node-") and c.containers() == {"big-node-0", node}
+
+    # Core-only, targeted by a property inside the resource request.
+    cores = c.oarsub("sleep infinity", "\"{nodeset='compute'}/core=2\"")
+    c.wait_job(cores, {"RUNNING"}, 60)
+    assert {n.split("-")[0] for n in c.job_nodes(cores)} == {"hpc"} and len(c.containers()) == 3
+    for job in (big, small, cores):
+        c.cancel(job)
+
+
+@pytest.mark.skipif(not hasattr(policy, "shape"), reason="needs policy.shape: a core count spread over nodes")
+def test_core_only_job_gets_as_many_nodes_as_its_cores_need(make_oar):
+    c = make_oar(TWO_SETS)
+    job = c.oarsub("sleep infinity", "core=6", "-p \"nodeset='compute'\"")
+    c.wait_job(job, {"RUNNING"}, 90)
+    assert len(c.job_nodes(job)) == 3 and {n.split("-")[0] for n in c.containers()} == {"hpc"}
+    c.cancel(job)
 
 
 class Kind:

@@ -5,9 +5,18 @@ OAR's tools read a fixed /etc/oar/oar.conf and the oar user's ~/.ssh, so every O
 ssh keys are bind-mounted over those paths: the host's files are never modified.
 
 Capacity: every core a node set may have is registered up-front as an OAR resource in state Absent (as
-the thesis did), so `oarnodes` shows it and `oarsub` refuses what can never fit. A node whose container is
-up and whose sshd answers is set Alive; removal drains it (`oarnodesetting -d on`) and sets it Absent once
-its jobs are gone. Resources are never deleted (`oarremoveresource` erases their job history).
+the thesis did), so `oarnodes` shows it and `oarsub` refuses what can never fit; each resource carries its
+node set as the `nodeset` property, so `oarsub -p "nodeset='big'"` targets one. Once a node's container
+runs, `node_started` waits for its sshd to greet, checked from inside the cluster's network, and sets its
+resources Alive. Removal drains it (`oarnodesetting -d on`) and sets it Absent once its jobs are gone.
+Resources are never deleted (`oarremoveresource` erases their job history).
+
+The controller runs in the host's network namespace, from which cluster addresses are unreachable on a
+real host (and, on some networks, answered by the network itself): every check of a node or of the head
+runs inside the cluster's namespace (`provider.enter()`), never as a connect() from this process.
+
+Jobs are read from OAR's database (read-only role): their resource hierarchies as OAR stored them, and
+where each may run, by OAR's own semantics: its property expressions evaluated against the resources.
 
 PostgreSQL listens on no TCP port at all: only its socket, with peer authentication mapped from the oar
 system user, so there is no database password anywhere to leak.
@@ -16,15 +25,18 @@ system user, so there is no database password anywhere to leak.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pwd
 import re
-import socket
 import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from accordion import daemons
-from accordion.config import ClusterConfig
+from accordion.config import ClusterConfig, NodeSet
+from accordion.errors import SchedulerError
 from accordion.model import Job, SchedNode, SchedState, SchedulerView
 from accordion.paths import ClusterPaths
 from accordion.providers.base import Bind, NodeSpec, Provider
@@ -32,8 +44,21 @@ from accordion.sh import CommandError, run, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OAR_SQL = Path("/usr/lib/oar/database")
+SERVER_PORT = 6666  # Almighty's; nodes call it back there
 SSHD_PORT = 6667
-DRAIN = "drain"
+
+# Whether `address:port` accepts a connection and, given a greeting, starts its answer with it (sshd's
+# "SSH-2.0-..."). Run by bash, inside the cluster's network namespace: bash's /dev/tcp is the smallest
+# connect there is, and a refused or unreachable address makes it fail.
+CONNECT_CHECK = 'exec 3<>"/dev/tcp/$1/$2" || exit 1; [ -z "$3" ] && exit 0; IFS= read -r -t 2 line <&3 && [[ $line == "$3"* ]]'
+CONNECT_TIMEOUT = 3.0  # an address with no node behind it fails only at the ARP timeout (~3 s)
+
+# Job states in which a job holds or wants resources.
+ACTIVE = ("Waiting", "toLaunch", "Launching", "Running", "Finishing", "toAckReservation")
+RUNNING = ("toLaunch", "Launching", "Running", "Finishing")
+# Resource hierarchy levels that name whole hosts: `cpu` too, since each node is registered as one cpu.
+HOST_LEVELS = frozenset({"host", "network_address", "cpu"})
+NO_CONDITION = "'1'"
 
 
 def _pg_bin() -> Path:
@@ -60,15 +85,115 @@ def render_oar_conf(template: str, overrides: dict[str, str | None]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_wanted(description: str) -> tuple[int, int]:
-    """(nodes, cores per node) from an OAR resource request such as `/host=2/core=2,walltime=1:0:0`."""
-    nodes, cores = 1, 1
-    for key, value in re.findall(r"/(\w+)=(\d+)", description):
-        if key in ("host", "nodes", "network_address"):
-            nodes = int(value)
-        elif key in ("core", "cpu", "resource_id"):
-            cores = int(value)
-    return nodes, cores
+@dataclass(frozen=True)
+class Request:
+    """What an OAR resource request asks of nodes, in the terms of `model.Job`."""
+
+    nodes: int  # at least this many hosts
+    cpus_per_node: int  # cores on each
+    cpus: int = 0  # cores in all when no host level is named (`core=8`: any hosts, 0 otherwise)
+    exclusive: bool = False  # whole hosts: no level below the host's (`/host=2`)
+
+    def need(self) -> int:
+        """Eligible cores a host must have to take part."""
+        return 1 if self.exclusive or self.cpus else self.cpus_per_node
+
+    def fits(self, cores: list[int]) -> bool:
+        """Whether hosts with these numbers of eligible cores can hold the request."""
+        if self.cpus:
+            return sum(cores) >= self.cpus
+        return sum(1 for c in cores if c >= self.need()) >= self.nodes
+
+
+def parse_levels(levels: list[tuple[str, int]]) -> Request:
+    """One resource group's hierarchy, outermost level first (`/host=2/core=4`: [("host", 2), ("core", 4)]).
+    Counts multiply down the hierarchy: levels down to the innermost host level count hosts, levels below
+    it count cores on each. OAR stores ALL as -1 and BEST as -2: both read as at least one."""
+    counts = [max(count, 1) for _, count in levels]
+    host = max((i for i, (kind, _) in enumerate(levels) if kind in HOST_LEVELS), default=None)
+    if host is None:
+        return Request(nodes=1, cpus_per_node=1, cpus=math.prod(counts))
+    below = counts[host + 1 :]
+    return Request(nodes=math.prod(counts[: host + 1]), cpus_per_node=math.prod(below), exclusive=not below)
+
+
+def combine(requests: list[Request]) -> Request:
+    """A request of several groups (`-l "/host=1/core=4+/host=2/core=1"`): all are needed at once, read as
+    one shape that holds each (their hosts added up, the largest per-host count)."""
+    if len(requests) == 1:
+        return requests[0]
+    spread = any(r.cpus for r in requests)
+    return Request(
+        nodes=sum(r.nodes for r in requests),
+        cpus_per_node=max(r.cpus_per_node for r in requests),
+        cpus=sum(r.cpus or r.nodes * r.cpus_per_node for r in requests) if spread else 0,
+        exclusive=any(r.exclusive for r in requests),
+    )
+
+
+# Jobs that hold or want resources, as OAR's scheduler reads them: per alternative request (moldable) its
+# resource groups, each a property filter and a hierarchy of counts; whether a job it depends on has yet to
+# end (OAR starts it only once they are Terminated or in Error); the hosts of a running job.
+JOBS_SQL = f"""
+SELECT coalesce(json_agg(job ORDER BY job.id), '[]') FROM (
+  SELECT j.job_id AS id, j.state, j.submission_time AS submitted, j.properties, j.assigned_moldable_job AS assigned,
+    EXISTS (SELECT 1 FROM job_dependencies d JOIN jobs r ON r.job_id = d.job_id_required
+            WHERE d.job_id = j.job_id AND d.job_dependency_index = 'CURRENT' AND r.state NOT IN ('Terminated', 'Error')) AS blocked,
+    (SELECT json_agg(json_build_object(
+              'moldable', m.moldable_id, 'property', g.res_group_property,
+              'levels', (SELECT json_agg(json_build_array(d.res_job_resource_type, d.res_job_value) ORDER BY d.res_job_order)
+                         FROM job_resource_descriptions d WHERE d.res_job_group_id = g.res_group_id))
+            ORDER BY m.moldable_id, g.res_group_id)
+       FROM moldable_job_descriptions m JOIN job_resource_groups g ON g.res_group_moldable_id = m.moldable_id
+       WHERE m.moldable_job_id = j.job_id) AS groups,
+    (SELECT json_agg(DISTINCT r.host) FROM assigned_resources a JOIN resources r ON r.resource_id = a.resource_id
+       WHERE j.assigned_moldable_job > 0 AND a.moldable_job_id = j.assigned_moldable_job) AS hosts
+  FROM jobs j WHERE j.state IN ({", ".join(f"'{s}'" for s in ACTIVE)})
+) job;
+"""
+
+
+def job_filter(row: dict, group: dict) -> str:
+    """The SQL condition on resources a job's resource group may use, built as OAR's scheduler builds it
+    (`'1'` stands for no condition)."""
+    return f"'1' AND ( {row['properties'] or NO_CONDITION} AND {group['property'] or NO_CONDITION} )"
+
+
+def place(groups: list[tuple[Request, dict[str, int] | None]], nodesets: list[NodeSet]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The node sets (in the cluster file's order) able to hold every group of a request alone, given each
+    group's eligible cores per host (None: not known, read as every core of every host), and the hosts of
+    those node sets that no group can use (excluded by a property, such as `host='...'`)."""
+    candidates: list[str] = []
+    excluded: list[str] = []
+    for ns in nodesets:
+        hosts = ns.node_names()
+        cores = [[ns.cpus if eligible is None else eligible.get(h, 0) for h in hosts] for _, eligible in groups]
+        if all(request.fits(counts) for (request, _), counts in zip(groups, cores)):
+            candidates.append(ns.name)
+            excluded += [h for i, h in enumerate(hosts) if all(counts[i] < request.need() for (request, _), counts in zip(groups, cores))]
+    return tuple(candidates), tuple(excluded)
+
+
+def host_view(host: str, resources: list[dict]) -> SchedNode:
+    """A node from its resources in `oarnodes -J`. Jobs come first: a host with jobs is busy (or draining)
+    whatever state its resources are in."""
+    states = {r.get("state") for r in resources}
+    busy = sum(1 for r in resources if r.get("jobs"))
+    drained = all(str(r.get("drain", "NO")).upper() == "YES" for r in resources)
+    absent = states == {"Absent"}
+    free = sum(1 for r in resources if r.get("state") == "Alive" and not r.get("jobs"))
+    since = max((float(r.get("last_job_date") or 0) for r in resources), default=0.0) or None
+    if busy:
+        return SchedNode(host, SchedState.DRAINING if drained else SchedState.BUSY, free, since, marked_absent=absent)
+    if states == {"Alive"}:
+        return SchedNode(host, SchedState.DRAINED if drained else SchedState.IDLE, free, since)
+    if "Suspected" in states:
+        # OAR's own node checker (finaud, from inside the cluster's network) found it unreachable.
+        return SchedNode(host, SchedState.UNKNOWN, 0, responding=False)
+    if states == {"Dead"}:
+        # Set by an administrator (OAR itself only with DEAD_SWITCH_TIME, unset here): theirs, not ours.
+        return SchedNode(host, SchedState.HELD, 0, reason="Dead", held=True)
+    return SchedNode(host, SchedState.UNKNOWN, 0, marked_absent=absent)
 
 
 class OarScheduler:
@@ -97,8 +222,19 @@ class OarScheduler:
         )
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.conf), str(self.hosts), str(self.ssh)]
 
-    def _cmd(self, argv: list[str], timeout: float = 30, check: bool = True) -> str:
-        return run(self.provider.enter() + self.wrap() + argv, timeout=timeout, check=check).stdout
+    def _cmd(self, argv: list[str], timeout: float = 30) -> str:
+        try:
+            return run(self.provider.enter() + self.wrap() + argv, timeout=timeout).stdout
+        except (CommandError, subprocess.TimeoutExpired) as exc:
+            raise SchedulerError(str(exc)) from None
+
+    def _connects(self, address: str, port: int, greeting: str = "") -> bool:
+        """Whether `address:port` answers, checked from inside the cluster's network (see CONNECT_CHECK)."""
+        argv = self.provider.enter() + ["bash", "-c", CONNECT_CHECK, "connect-check", address, str(port), greeting]
+        try:
+            return run(argv, check=False, timeout=CONNECT_TIMEOUT).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     # ----- lifecycle -----
 
@@ -217,24 +353,29 @@ class OarScheduler:
         self._psql("oar", "oar", "GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO oar_ro")
 
     def _register_capacity(self) -> None:
-        self._cmd(["oarproperty", "-a", "host", "-c"], check=False)
-        self._cmd(["oarproperty", "-a", "cpu"], check=False)
-        self._cmd(["oarproperty", "-a", "core"], check=False)
+        # A fresh database: the properties cannot exist yet.
+        self._cmd(["oarproperty", "-a", "host", "-c"])
+        self._cmd(["oarproperty", "-a", "nodeset", "-c"])
+        self._cmd(["oarproperty", "-a", "cpu"])
+        self._cmd(["oarproperty", "-a", "core"])
         core = 0
         for i, ns in enumerate(self.config.nodesets):
             for n, node in enumerate(ns.node_names()):
                 for _ in range(ns.cpus):
-                    self._cmd(["oarnodesetting", "-a", "-s", "Absent", "-h", node, "-p", f"host={node}", "-p", f"cpu={i * 10000 + n}", "-p", f"core={core}"])
+                    self._cmd(
+                        ["oarnodesetting", "-a", "-s", "Absent", "-h", node, "-p", f"host={node}", "-p", f"nodeset={ns.name}",
+                         "-p", f"cpu={i * 10000 + n}", "-p", f"core={core}"]
+                    )
                     core += 1
         self.mark_absent(self.config.all_nodes())
 
     def _responding(self) -> bool:
+        """The database answers OAR's tools and Almighty listens where nodes call it back."""
         try:
             self._cmd(["oarstat", "-J"], timeout=10)
-            with socket.create_connection((self.provider.head_address(), 6666), timeout=1):
-                return True
-        except (CommandError, OSError, subprocess.TimeoutExpired):
+        except SchedulerError:
             return False
+        return self._connects(self.provider.head_address(), SERVER_PORT)
 
     def teardown(self) -> None:
         daemons.stop(self.paths.pids / "almighty.pid", timeout=15)
@@ -280,20 +421,24 @@ class OarScheduler:
             self._cmd(["oarnodesetting", "-d", "off", "-h", node])
 
     def node_starting(self, node: str) -> None:
-        """Nothing to prepare: resources come back Alive when the node's sshd answers."""
+        """Nothing to prepare: the node's resources stay Absent until `node_started`."""
 
     def node_started(self, node: str) -> None:
-        """Resources come back Alive when the node's sshd answers (see observe)."""
+        """Set the node's resources Alive once its sshd greets, which OAR needs to launch jobs there. Waits
+        at most the controller's resume_timeout (a node that has not registered by then is given up on)."""
+        timeout = self.config.controller.resume_timeout
+        deadline = time.monotonic() + timeout
+        while not self.sshd_answers(node):
+            if time.monotonic() >= deadline:
+                raise SchedulerError(f"{node}: sshd did not answer on port {SSHD_PORT} within {timeout:.0f} s")
+            time.sleep(0.05)
+        self._cmd(["oarnodesetting", "-s", "Alive", "-h", node])
+
+    def sshd_answers(self, node: str) -> bool:
+        return self._connects(self.provider.address(node), SSHD_PORT, "SSH-")
 
     def release(self, node: str, reason: str) -> None:
         self._cmd(["oarnodesetting", "-d", "on", "-h", node])
-
-    def _sshd_up(self, node: str) -> bool:
-        try:
-            with socket.create_connection((self.provider.address(node), SSHD_PORT), timeout=0.3):
-                return True
-        except OSError:
-            return False
 
     # ----- observation -----
 
@@ -309,51 +454,89 @@ class OarScheduler:
         by_host: dict[str, list[dict]] = {}
         for r in (resources.values() if isinstance(resources, dict) else resources):
             by_host.setdefault(r.get("host") or r.get("network_address"), []).append(r)
-        containers = self.provider.list()
-        nodes: dict[str, SchedNode] = {}
-        for host, rs in by_host.items():
-            if host not in self._nodeset_of:
-                continue
-            states = {r.get("state") for r in rs}
-            busy_cores = sum(1 for r in rs if r.get("jobs"))
-            drained = all(str(r.get("drain", "NO")).upper() == "YES" for r in rs)
-            if states == {"Absent"} and host in containers and containers[host].running and self._sshd_up(host):
-                # The node's agent (sshd) answers: bring its resources into service.
-                self._cmd(["oarnodesetting", "-s", "Alive", "-h", host])
-                states = {"Alive"}
-            if states != {"Alive"}:
-                nodes[host] = SchedNode(host, SchedState.UNKNOWN, 0, None, "", marked_absent=states == {"Absent"})
-                continue
-            if drained:
-                state = SchedState.DRAINING if busy_cores else SchedState.DRAINED
-            else:
-                state = SchedState.BUSY if busy_cores else SchedState.IDLE
-            since = max((float(r.get("last_job_date") or 0) for r in rs), default=0.0) or None
-            nodes[host] = SchedNode(host, state, len(rs) - busy_cores, since)
+        nodes = {host: host_view(host, rs) for host, rs in by_host.items() if host in self._nodeset_of}
         return SchedulerView(nodes, self._jobs())
 
+    def _select(self, sql: str, keep_going: bool = False) -> str:
+        """The rows (`a|b|c` lines) SQL returns, run as OAR's read-only database role. With `keep_going`
+        a statement that fails is skipped and the next one runs: the caller tells it by its missing rows."""
+        oar = pwd.getpwnam("oar")
+        argv = [
+            "setpriv", f"--reuid={oar.pw_uid}", f"--regid={oar.pw_gid}", "--clear-groups", "psql", "-X", "-q", "-A", "-t",
+            "-v", f"ON_ERROR_STOP={0 if keep_going else 1}", "-h", str(self.pgsock), "-U", "oar_ro", "-d", "oar",
+        ]
+        script = "SET default_transaction_read_only = on;\nSET statement_timeout = '5s';\n" + sql
+        try:
+            return run(argv, input=script, timeout=30).stdout
+        except (CommandError, subprocess.TimeoutExpired) as exc:
+            raise SchedulerError(f"cannot read OAR's database: {exc}") from None
+
     def _jobs(self) -> list[Job]:
-        data = json.loads(self._cmd(["oarstat", "-f", "-J"]) or "{}")
-        jobs = []
+        rows = json.loads(self._select(JOBS_SQL) or "[]")
+        filters = sorted({job_filter(row, group) for row in rows if row["state"] not in RUNNING for group in row["groups"] or []})
+        eligible = self._eligible(filters)
+        return [self._job(row, eligible) for row in rows]
+
+    def _eligible(self, filters: list[str]) -> dict[str, dict[str, int]]:
+        """For each resource filter, its matching cores per host, as PostgreSQL evaluates it for OAR's own
+        scheduler (which never uses Dead resources; Absent ones are the nodes Accordion may start). A filter
+        that fails to evaluate (a statement timeout) is left out."""
+        if not filters:
+            return {}
+        # Each statement starts with a marker row, so that a filter matching nothing is told from one that
+        # failed; the newline ends any `--` comment in the expression before OAR's own text would.
+        sql = "\n".join(
+            f"SELECT {k}, '', 0 UNION ALL (SELECT {k}, host, count(*) FROM resources WHERE state <> 'Dead' AND {f}\nGROUP BY host);"
+            for k, f in enumerate(filters)
+        )
+        found: dict[str, dict[str, int]] = {}
+        for line in self._select(sql, keep_going=True).splitlines():
+            m = re.fullmatch(r"(\d+)\|([^|]*)\|(\d+)", line)
+            if m and int(m.group(1)) < len(filters):
+                cores = found.setdefault(filters[int(m.group(1))], {})
+                if m.group(2):
+                    cores[m.group(2)] = int(m.group(3))
+        return found
+
+    def _job(self, row: dict, eligible: dict[str, dict[str, int]]) -> Job:
+        moldables: dict[int, list[dict]] = {}
+        for group in row["groups"] or []:
+            moldables.setdefault(group["moldable"], []).append(group)
         default = self.config.nodesets[0].name
-        for jid, j in (data.items() if isinstance(data, dict) else []):
-            state = j.get("state", "")
-            if state not in ("Waiting", "toLaunch", "Launching", "Running", "Finishing", "toAckReservation"):
-                continue
-            nodes, cores = parse_wanted(str(j.get("wanted_resources", "")))
-            running = state in ("Launching", "Running", "Finishing", "toLaunch")
-            hosts = tuple(sorted({str(h) for h in (j.get("assigned_network_address") or [])}))
-            jobs.append(
-                Job(
-                    id=str(jid),
-                    nodeset=default,
-                    nodes=nodes,
-                    cpus_per_node=cores,
-                    running=running,
-                    submit_time=float(j.get("submissionTime") or 0),
-                    wants_resources=state == "Waiting",
-                    node_names=hosts,
-                    reason=state,
-                )
-            )
-        return jobs
+        state = row["state"]
+        running = state in RUNNING
+        hosts = tuple(sorted({h for h in row["hosts"] or [] if h}))
+        reason = state
+        if running:
+            groups = moldables.get(row["assigned"]) or next(iter(moldables.values()), [])
+            request = combine([parse_levels(g["levels"] or []) for g in groups] or [Request(1, 1)])
+            nodesets = tuple(ns.name for ns in self.config.nodesets if any(self._nodeset_of.get(h) == ns.name for h in hosts))
+            excluded: tuple[str, ...] = ()
+        else:
+            # Its alternative requests (`-l ... -l ...`): the first that some node set can hold.
+            options = []
+            for groups in moldables.values():
+                requests = [parse_levels(g["levels"] or []) for g in groups]
+                where = [eligible.get(job_filter(row, g)) for g in groups]
+                options.append((combine(requests), *place(list(zip(requests, where)), self.config.nodesets)))
+            request, nodesets, excluded = next((o for o in options if o[1]), options[0] if options else (Request(1, 1), (), ()))
+            if row["blocked"]:
+                reason = f"{state}: dependency on an unfinished job"
+            elif not nodesets:
+                reason = f"{state}: no node set can hold it"
+        return Job(
+            id=str(row["id"]),
+            nodeset=nodesets[0] if nodesets else default,
+            nodes=request.nodes,
+            cpus_per_node=request.cpus_per_node,
+            running=running,
+            submit_time=float(row["submitted"] or 0),
+            wants_resources=state == "Waiting" and not row["blocked"] and bool(nodesets),
+            node_names=hosts,
+            reason=reason,
+            exclusive=request.exclusive,
+            nodesets=nodesets,
+            cpus=request.cpus,
+            excluded=excluded,
+        )
+
