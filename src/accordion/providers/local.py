@@ -4,8 +4,8 @@ Each cluster gets a private network: a network namespace holding a bridge and th
 (where the scheduler's server listens), so clusters never touch the host's network or each other.
 Each node gets its own network namespace (a veth on that bridge), UTS, PID, mount and IPC namespaces
 and a cgroup sized from its node set. Its root is layered as in seed 004: the host's root read-only at
-the bottom, a small generated per-node layer above it (hostname, hosts), and a throwaway tmpfs layer
-taking all writes, so a node is stateless and costs only what it writes.
+the bottom, a small generated per-node layer above it (hostname, hosts, the host's secrets emptied), and a
+throwaway tmpfs layer taking all writes, so a node is stateless and costs only what it writes.
 
 runc applies namespaces, cgroups, capabilities and mounts from one declarative spec, which is easier to
 audit than a chain of unshare/nsenter/mount calls and matches what a Kubernetes node would run.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from accordion.config import ClusterConfig
-from accordion.paths import ClusterPaths, run_root, state_root
+from accordion.paths import ClusterPaths, run_root, shared_root, state_root
 from accordion.providers.base import NODE_CAPABILITIES, NodeInfo, NodeSpec, ProviderError
 from accordion.sh import CommandError, run
 from accordion.store import private
@@ -49,6 +49,26 @@ SECCOMP_DENY = [
     "perf_event_open", "pivot_root", "quotactl", "reboot", "request_key", "setns", "settimeofday", "swapoff",
     "swapon", "syslog", "umount2", "unshare", "userfaultfd", "vhangup",
 ]
+
+
+# A node's root is the host's, so what on the host is not the node's is taken out of it: else a root job
+# reads the host's credentials and other people's data. These are the places a Debian host keeps them (a
+# secret kept elsewhere stays visible); paths the host lacks are skipped.
+# Host files replaced by an empty file in the node's layer (with the ssh host keys, see _hidden_files):
+# password backups and history, Kerberos keys, the Slurm database password.
+HIDDEN_FILES = ["/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd", "/etc/krb5.keytab", "/etc/slurm/slurmdbd.conf"]
+# Host directories covered by an empty tmpfs: root's home, the host's munge key and seed, TLS private
+# keys, directory-service credentials (SSSD's configuration and cached passwords), logs (login records),
+# backups (Debian copies /etc/shadow there), mail, crontabs, other users' temporary files, databases,
+# container images.
+HIDDEN_DIRS = [
+    "/root", "/etc/munge", "/etc/ssl/private", "/etc/sssd", "/var/lib/sss", "/var/lib/munge", "/var/log",
+    "/var/backups", "/var/mail", "/var/spool/cron", "/var/tmp", "/var/lib/postgresql", "/var/lib/mysql",
+    "/var/lib/docker", "/var/lib/containers",
+]
+# /home is replaced too, by fresh homes (see _fresh_homes).
+# Kept: /etc/oar/oar_ssh_host_rsa_key, which an OAR node's sshd presents; hiding it needs a per-cluster
+# host key from the OAR adapter.
 
 
 class LocalProvider:
@@ -189,6 +209,15 @@ class LocalProvider:
             (scratch / sub).mkdir(parents=True)
         (layer / "etc" / "hostname").write_text(spec.name + "\n")
         (layer / "etc" / "hosts").write_text(self.hosts_file())
+        # The accounts stay (PAM's account check, as in `su` from root, fails for a user missing from
+        # /etc/shadow), their password hashes do not.
+        for name in ("/etc/shadow", "/etc/gshadow"):
+            if os.path.isfile(name):
+                _cover(layer, Path(name), _without_passwords(Path(name).read_text()))
+        for path in _hidden_files():
+            _cover(layer, path, "")
+        if os.path.isdir("/home"):
+            _fresh_homes(scratch / "home")
         rootfs = node_dir / "rootfs"
         rootfs.mkdir()
         run(
@@ -215,14 +244,26 @@ class LocalProvider:
             {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
             {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-            # The host's Accordion state (keys, other clusters) and runtime files stay out of nodes.
-            {"destination": str(state_root()), "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]},
-            {"destination": "/etc/hosts", "type": "bind", "source": str(self._node_dir(spec.name) / "scratch/layer/etc/hosts"), "options": ["bind", "ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": str(self._node_dir(spec.name) / "scratch/layer/etc/hosts"), "options": ["bind", "ro", "nosuid", "nodev"]},
         ]
+        # Accordion's state (keys, every cluster's files) and every cluster's shared directory stay out too:
+        # the node's own shared directory is bound back on top below. Before the binds, which may land inside
+        # these, and writable, so that runc can make their mount points there. runc gives each tmpfs the
+        # mode of the directory it covers.
+        hidden = [*HIDDEN_DIRS, str(state_root()), str(shared_root())]
         if not run_root().is_relative_to("/run"):
-            mounts.append({"destination": str(run_root()), "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})
+            hidden.append(str(run_root()))
+        for path in hidden:
+            if os.path.isdir(path):
+                mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})
+        homes = self._node_dir(spec.name) / "scratch/home"
+        if homes.is_dir():
+            mounts.append({"destination": "/home", "type": "bind", "source": str(homes), "options": ["bind", "rw", "nosuid", "nodev"]})
+        # Directories from the head bring no set-user-ID program or device node into the node. `bind`, not
+        # `rbind`: runc applies these flags to the bind itself only, not to mounts under its source.
         for b in spec.binds:
-            mounts.append({"destination": b.target, "type": "bind", "source": b.source, "options": ["rbind", "ro" if b.readonly else "rw"]})
+            options = ["bind", "ro" if b.readonly else "rw", "nosuid", "nodev"]
+            mounts.append({"destination": b.target, "type": "bind", "source": b.source, "options": options})
         caps = list(CAPABILITIES)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"} | spec.env
         cgroup = f"/accordion/{self.config.name}/{spec.name}"
@@ -324,6 +365,59 @@ class LocalProvider:
                 created = node_dir.stat().st_mtime
             nodes[node_dir.name] = NodeInfo(node_dir.name, states.get(node_dir.name) == "running", created)
         return nodes
+
+
+def _hidden_files() -> list[Path]:
+    """The host's files a node must not read, as present now (ssh host keys come and go with their types)."""
+    return [p for p in map(Path, HIDDEN_FILES) if p.is_file()] + sorted(Path("/etc/ssh").glob("ssh_host_*_key"))
+
+
+def _without_passwords(text: str) -> str:
+    """A shadow or gshadow file whose password fields are all `*`, or `!` where the account was locked."""
+    lines = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) > 1:
+            fields[1] = "!" if fields[1].startswith("!") else "*"
+        lines.append(":".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def _cover(layer: Path, path: Path, text: str) -> None:
+    """Put `text` at host `path` in the node's layer, above the host's file.
+
+    The file and the directories made for it take the host's owner and mode: in the merged root, a
+    directory shows the layer's attributes, not the host's."""
+    for host in reversed(path.parents[:-1]):
+        copy = layer / host.relative_to("/")
+        if not copy.is_dir():
+            copy.mkdir()
+            _same_owner_and_mode(host, copy)
+    copy = layer / path.relative_to("/")
+    copy.write_text(text)
+    _same_owner_and_mode(path, copy)
+
+
+def _fresh_homes(homes: Path) -> None:
+    """For each home on the host, an empty one as a new account gets (a copy of /etc/skel), in `homes`.
+
+    Not just an empty /home: OAR's oardodo refuses to run a job whose user has no home, and its batch
+    jobs source ~/.bashrc."""
+    homes.mkdir()
+    for host in Path("/home").iterdir():
+        if host.is_dir() and not host.is_symlink():
+            fresh = homes / host.name
+            shutil.copytree("/etc/skel", fresh, symlinks=True)
+            st = host.stat()
+            for path in [fresh, *fresh.rglob("*")]:
+                os.lchown(path, st.st_uid, st.st_gid)
+            os.chmod(fresh, st.st_mode & 0o7777)
+
+
+def _same_owner_and_mode(host: Path, copy: Path) -> None:
+    st = host.stat()
+    os.chown(copy, st.st_uid, st.st_gid)
+    os.chmod(copy, st.st_mode & 0o7777)
 
 
 def _kill_group(pid: int) -> None:
