@@ -89,7 +89,7 @@ def demand(jobs: Iterable[Job], nodeset: str) -> tuple[int, int]:
     """A node set's waiting jobs (an array's tasks one by one) and the CPUs they ask for: the one count
     that status, metrics and reports show."""
     waiting = [j for j in jobs if j.nodeset == nodeset and j.waiting]
-    return sum(j.count for j in waiting), sum(j.count * j.nodes * j.cpus_per_node for j in waiting)
+    return sum(j.count for j in waiting), sum(j.count * (j.cpus or j.nodes * j.cpus_per_node) for j in waiting)
 
 
 @dataclass(frozen=True)
