@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import subprocess
@@ -61,7 +62,7 @@ def _written(c: Cluster, ago: float) -> None:
 
 
 def _text(doc: dict) -> str:
-    console = Console(width=200, record=True)
+    console = Console(width=200, record=True, file=io.StringIO())
     console.print(_status_view(doc))
     return console.export_text()
 
