@@ -125,8 +125,19 @@ def _ago(ts: float) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
 
 
+def stale_after(c: Cluster) -> float:
+    """Seconds after which the figures are stale although the controller runs.
+
+    The controller rewrites its status at least every 2 s and every resync interval, after a step that can
+    take a second or more on a busy machine (OAR's tools): a few intervals late means it is stuck."""
+    return max(10.0, 5 * c.config.controller.resync_interval)
+
+
 def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
     st = c.status()
+    ts = st.get("ts")
+    age = max(0.0, time.time() - ts) if isinstance(ts, (int, float)) else None
+    controller = c.controller_state()
     nodes = st.get("nodes", [])
     jobs = st.get("jobs", [])
     pins = st.get("pins", {})
@@ -162,9 +173,13 @@ def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
         "cluster": c.config.name,
         "scheduler": c.config.scheduler,
         "provider": c.config.provider,
-        "controller": "running" if c.controller_pid() else "stopped",
+        "controller": controller,
+        "supervisor": "running" if c.supervisor_pid() else "dead",
         "metrics": c.metrics_url(),
-        "updated": st.get("ts"),
+        "updated": ts,
+        "age": None if age is None else round(age, 1),
+        # Figures nobody updates any more: a job long finished may still show as waiting.
+        "stale": age is None or controller != "running" or age > stale_after(c),
         "nodesets": sets,
         "events": events,
     }
@@ -196,8 +211,17 @@ def status(
 
 
 def _status_view(doc: dict) -> Group:
-    ctl = "[green]running[/]" if doc["controller"] == "running" else "[red]stopped[/]"
-    parts: list[object] = [f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}"]
+    again = f"`accordion up -c {doc['cluster']}`"
+    ctl = {
+        "running": "[green]running[/]" if doc["supervisor"] == "running" else f"[yellow]running, unsupervised[/] ({again} restarts its supervisor)",
+        "restarting": "[yellow]restarting[/]",
+        "dead": f"[red]dead[/] ({again} starts it again)",
+    }[doc["controller"]]
+    if doc["updated"] is None:
+        figures = "[yellow]no figures yet[/]"
+    else:
+        figures = f"updated {_ago(doc['updated'])} ago" + (", [yellow]stale[/]" if doc["stale"] else "")
+    parts: list[object] = [f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}, {figures}"]
     table = Table("set", "scaling", "max", "start", "idle", "busy", "drain", "fail", "run", "wait", "CPUs wait")
     for s in doc["nodesets"]:
         n = s["nodes"]
@@ -352,25 +376,42 @@ def list_() -> None:
     """Clusters on this machine."""
     for name in all_clusters():
         c = _load(name)
-        out.print(f"{name}\tcontroller {'running' if c.controller_pid() else 'stopped'}")
+        out.print(f"{name}\tcontroller {c.controller_state()}")
 
 
 @app.command(hidden=True)
 def controller(cluster: ClusterOpt = None) -> None:
-    """Run the controller loop in the foreground (`accordion up` starts it in the background)."""
+    """Run the controller loop in the foreground (the supervisor `accordion up` starts runs it in the background)."""
     from accordion.controller import Controller, serve
     from accordion.metrics import Metrics
 
     from accordion.logs import setup_logging
+    from accordion.supervisor import take_controller_lock
 
     log = logging.getLogger("accordion.controller")
     c = _load(cluster)
     setup_logging(c.config.name, c.config.controller.log_format)
+    try:
+        # Before anything is served or written: a second controller changes nothing.
+        take_controller_lock(c.paths)
+    except ClusterError as exc:
+        raise fail(str(exc)) from None
     metrics = Metrics(c.config.name)
     port = metrics.serve(c.config.controller.metrics_port)
     (c.paths.run / "metrics.port").write_text(f"{port}\n")
     log.info("metrics on http://127.0.0.1:%d/metrics", port)
     serve(Controller(c.config, c.paths, c.scheduler, c.provider, c.events, metrics=metrics))
+
+
+@app.command(hidden=True)
+def supervise(cluster: ClusterOpt = None) -> None:
+    """Keep the controller running, starting it again whenever it exits (`accordion up` starts this in the background)."""
+    from accordion.logs import setup_logging
+    from accordion.supervisor import Supervisor
+
+    c = _load(cluster)
+    setup_logging(c.config.name, c.config.controller.log_format)
+    Supervisor(c.controller_argv(), c.paths, c.events).run()
 
 
 def main() -> None:

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from accordion import daemons
 from accordion.config import ClusterConfig, ConfigError, parse_config
+from accordion.errors import ClusterError
 from accordion.events import EventLog
 from accordion.paths import ClusterPaths, all_clusters, run_root, shared_root, state_root
 from accordion.providers import make_provider
 from accordion.providers.base import ProviderError
 from accordion.schedulers import make_scheduler
 from accordion.store import read_json, write_json
+from accordion.supervisor import STOP_TIMEOUT
 
 REQUIRED = {
     "slurm": ["slurmctld", "slurmd", "munged", "scontrol", "sbatch"],
@@ -27,10 +29,6 @@ REQUIRED = {
 }
 
 Progress = Callable[[str], None]
-
-
-class ClusterError(RuntimeError):
-    pass
 
 
 def missing_programs(config: ClusterConfig) -> list[str]:
@@ -58,26 +56,50 @@ class Cluster:
         except ConfigError as exc:
             raise ClusterError(str(exc)) from None
 
-    # ----- controller daemon -----
+    # ----- controller daemon and its supervisor -----
 
     @property
     def controller_pidfile(self) -> Path:
         return self.paths.pids / "controller.pid"
 
+    @property
+    def supervisor_pidfile(self) -> Path:
+        return self.paths.pids / "supervisor.pid"
+
     def controller_pid(self) -> int | None:
         return daemons.pid_of(self.controller_pidfile)
 
-    def start_controller(self) -> None:
-        if self.controller_pid() is None:
-            # In the host's network, so that its /metrics endpoint is reachable on the host's loopback.
-            daemons.spawn(
-                self.scheduler.wrap() + [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name],
-                self.paths.logs / "controller.log",
-                self.controller_pidfile,
-            )
+    def supervisor_pid(self) -> int | None:
+        return daemons.pid_of(self.supervisor_pidfile)
+
+    def controller_state(self) -> str:
+        """running; restarting (its supervisor is about to start it again); or dead (no supervisor either)."""
+        if self.controller_pid() is not None:
+            return "running"
+        return "restarting" if self.supervisor_pid() is not None else "dead"
+
+    def controller_argv(self) -> list[str]:
+        # In the host's network, so that its /metrics endpoint is reachable on the host's loopback.
+        return self.scheduler.wrap() + [sys.executable, "-m", "accordion", "controller", "--cluster", self.config.name]
+
+    def start_supervisor(self) -> None:
+        """Start the controller's supervisor unless one runs: only the supervisor ever starts the controller."""
+        if self.supervisor_pid() is not None:
+            return
+        # A controller whose supervisor was killed may still run: replace it, so that the controller
+        # running is the new supervisor's child, whose exits it sees.
+        daemons.stop(self.controller_pidfile, timeout=STOP_TIMEOUT)
+        daemons.spawn(
+            [sys.executable, "-m", "accordion", "supervise", "--cluster", self.config.name],
+            self.paths.logs / "supervisor.log",
+            self.supervisor_pidfile,
+        )
 
     def stop_controller(self) -> None:
-        daemons.stop(self.controller_pidfile, timeout=15)
+        # The supervisor first, so that nothing starts the controller again during teardown; it stops the
+        # controller before it exits. The controller's own pid file covers a supervisor that was killed.
+        daemons.stop(self.supervisor_pidfile, timeout=STOP_TIMEOUT + 5)
+        daemons.stop(self.controller_pidfile, timeout=STOP_TIMEOUT)
 
     # ----- lifecycle -----
 
@@ -108,7 +130,7 @@ class Cluster:
             progress(f"{self.config.scheduler} server")
             self.scheduler.setup()
             progress("controller")
-            self.start_controller()
+            self.start_supervisor()
             self._wait_ready(progress, wait)
         except BaseException:
             if fresh:
@@ -120,14 +142,16 @@ class Cluster:
         want = {ns.name: ns.min_nodes for ns in self.config.nodesets}
         deadline = time.monotonic() + wait
         started = time.time()
+        first: int | None = None
         while time.monotonic() < deadline:
-            if self.controller_pid() is None:
-                # Quote the log: a failed `up` removes the cluster's files, this log included.
-                try:
-                    tail = (self.paths.logs / "controller.log").read_text(errors="replace").strip().splitlines()[-1]
-                except (OSError, IndexError):
-                    tail = "no output"
-                raise ClusterError(f"the controller exited: {tail}")
+            if self.supervisor_pid() is None:
+                raise ClusterError(f"the controller's supervisor exited: {self._last_line('supervisor.log')}")
+            # The supervisor would start a controller that exits again: a controller that fails while the
+            # cluster starts is reported at once instead, as the pid it had changes or goes.
+            pid = self.controller_pid()
+            first = first or pid
+            if first is not None and pid != first:
+                raise ClusterError(f"the controller exited: {self._last_line('controller.log')}")
             status = read_json(self.paths.state / "status.json", {})
             if isinstance(status, dict) and status.get("ts", 0) >= started:
                 ready = {ns: 0 for ns in want}
@@ -139,6 +163,13 @@ class Cluster:
                 progress("min_nodes: " + ", ".join(f"{ns} {ready[ns]}/{want[ns]}" for ns in want))
             time.sleep(0.1)
         raise ClusterError(f"the cluster did not become ready within {wait:.0f} s; see {self.paths.logs}")
+
+    def _last_line(self, log: str) -> str:
+        # Quoted in the error: a failed `up` removes the cluster's files, its logs included.
+        try:
+            return (self.paths.logs / log).read_text(errors="replace").strip().splitlines()[-1]
+        except (OSError, IndexError):
+            return "no output"
 
     def down(self, progress: Progress, force: bool = False) -> None:
         """`force`: remove what is here even if the provider cannot remove the nodes."""

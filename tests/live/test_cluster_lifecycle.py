@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tests.live.cluster import accordion, wait_for
 
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
 SMALL = {"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 600}]}
 
 
@@ -49,8 +51,19 @@ def test_down_leaves_nothing_behind(make_cluster):
     job = c.sbatch("srun hostname; sleep 300", "-N2", name="long")
     c.wait_job(job, {"RUNNING"}, 30)
     assert len(c.containers()) == 2
-    assert _leftovers(c.name), "the probe should see a running cluster"
+    running = _leftovers(c.name)
+    for daemon in ("accordion supervise", "accordion controller", "slurmctld"):
+        assert any(daemon in line for line in running), f"the probe should see {daemon}: {running}"
     c.down()
+    assert _leftovers(c.name) == []
+
+
+def test_down_while_the_controller_restarts_leaves_nothing_behind(make_cluster):
+    c = make_cluster(SMALL)
+    os.kill(int((Path("/run/accordion") / c.name / "pids" / "controller.pid").read_text()), signal.SIGKILL)
+    c.down()  # the supervisor is stopped first: nothing starts the controller again
+    assert _leftovers(c.name) == []
+    time.sleep(6)  # longer than the supervisor's longest wait between restarts
     assert _leftovers(c.name) == []
 
 
@@ -81,19 +94,44 @@ def test_two_clusters_side_by_side(make_cluster):
     assert b.job_state(jb) == "RUNNING" and len(b.containers()) == 1
 
 
+def _created(c) -> dict[str, str]:
+    nodes = Path("/run/accordion") / c.name / "nodes"
+    return {n: (nodes / n / "created").read_text() for n in c.containers()}
+
+
 def test_controller_killed_and_restarted_keeps_nodes(make_cluster):
-    c = make_cluster(SMALL)
-    job = c.sbatch("sleep 300", "-N2", name="keep")
+    # A short resume_timeout: a restarted controller that took the running nodes for nodes still starting
+    # (it forgot they had registered) would give them up, and replace them, within the watch below.
+    resume_timeout = 3
+    c = make_cluster({**SMALL, "controller": {"resume_timeout": resume_timeout}})
+    job = c.sbatch("sleep 300", "-N1", name="keep")
     c.wait_job(job, {"RUNNING"}, 30)
-    before = c.containers()
-    created = {n: (Path("/run/accordion") / c.name / "nodes" / n / "created").read_text() for n in before}
-    pid = int((Path("/run/accordion") / c.name / "pids" / "controller.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    time.sleep(1)
-    assert c.status()["controller"] == "stopped"
-    c.up()  # restarts the controller only
-    wait_for(lambda: c.status()["controller"] == "running", 10, "controller restarted")
-    time.sleep(2)
-    assert c.containers() == before
-    assert {n: (Path("/run/accordion") / c.name / "nodes" / n / "created").read_text() for n in before} == created
-    assert c.job_state(job) == "RUNNING"
+    short = c.sbatch("true", "-N1", name="short")  # leaves a second node idle (idle_timeout: 600)
+    assert c.wait_job(short, DONE, 30) == "COMPLETED"
+    wait_for(lambda: sorted(c.node_states().values()) == ["busy", "idle"], 30, "one busy and one idle node")
+    nodes, created, states, before = c.containers(), _created(c), c.node_states(), c.job(job)
+    assert len(nodes) == 2 and int(before["Restarts"]) == 0
+    pids = Path("/run/accordion") / c.name / "pids"
+    old = int((pids / "controller.pid").read_text())
+    killed = time.time()
+    os.kill(old, signal.SIGKILL)
+    # No command: its supervisor starts it again.
+    wait_for(lambda: (st := c.status())["controller"] == "running" and st["updated"] > killed, 5, "controller restarted")
+    new = int((pids / "controller.pid").read_text())
+    assert new != old
+    # Watched for three resume timeouts: the restarted controller keeps the nodes it did not start.
+    watch_end = time.monotonic() + 3 * resume_timeout
+    while time.monotonic() < watch_end:
+        assert _created(c) == created, "a node was deleted or created again"
+        time.sleep(0.3)
+    after = c.job(job)
+    assert {k: after[k] for k in ("JobId", "JobState", "NodeList", "StartTime", "Restarts")} == {
+        "JobId": job, "JobState": "RUNNING", "NodeList": before["NodeList"], "StartTime": before["StartTime"], "Restarts": "0"
+    }, after
+    assert c.node_states() == states
+    node_events = [e for e in c.events() if e["ts"] >= killed and e["kind"] != "controller"]
+    assert node_events == [], node_events
+    # ... and it was at work all along: running, the same process, its figures fresh.
+    st = c.status()
+    assert (st["controller"], st["stale"]) == ("running", False) and st["age"] < 3, st
+    assert int((pids / "controller.pid").read_text()) == new

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,6 +17,28 @@ DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMO
 
 def _controller_pid(c) -> int:
     return int((Path("/run/accordion") / c.name / "pids" / "controller.pid").read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _restarted(c, old: int, killed: float, within: float = 5.0) -> float:
+    """Seconds from the kill until a new controller has observed the cluster (written a status); no command typed."""
+    status = Path("/var/lib/accordion") / c.name / "status.json"
+
+    def back() -> bool:
+        try:
+            pid, ts = _controller_pid(c), json.loads(status.read_text())["ts"]
+        except (OSError, ValueError, KeyError):
+            return False  # between a controller's exit and the next start: no pid file
+        return pid != old and _alive(pid) and ts > killed
+
+    wait_for(back, within, "the controller to run again", interval=0.05)
+    return time.time() - killed
 
 
 def _consistent(c) -> None:
@@ -50,20 +73,69 @@ def test_controller_sigkilled_repeatedly(make_cluster):
     rng = random.Random(20261122)
     jobs = []
     kills = 0
+    restarts = []
     deadline = time.monotonic() + 240
     while kills < 20 and time.monotonic() < deadline:
         jobs += _submit_mix(c, rng, rng.randint(0, 3), f"k{kills}-")
         time.sleep(rng.uniform(0.05, 1.5))  # lands in scale-up, scale-down or idle at random
-        os.kill(_controller_pid(c), signal.SIGKILL)
+        pid, killed = _controller_pid(c), time.time()
+        os.kill(pid, signal.SIGKILL)
         kills += 1
-        time.sleep(rng.uniform(0, 0.5))
-        c.up()  # restarts the controller only
+        # Jobs keep coming while it is down; its supervisor starts it again, nobody types anything.
+        jobs += _submit_mix(c, rng, rng.randint(0, 1), f"d{kills}-")
+        restarts.append(_restarted(c, pid, killed))
     assert kills == 20
+    assert sum(e.get("reason") == "restarted after SIGKILL" for e in c.events()) == 20
     _all_completed(c, jobs, 180)
     _consistent(c)
     # Nothing duplicated: one container per node name, and each counted once by Slurm.
     assert len(c.containers()) == len(set(c.containers()))
     wait_for(lambda: c.containers() == set(), 30, "idle nodes removed after the storm")
+    restarts.sort()
+    print(f"controller running again {restarts[10]:.2f} s after a SIGKILL (median of 20; max {restarts[-1]:.2f} s)")
+
+
+def test_controller_sigkilled_is_back_within_5_s_and_a_job_submitted_meanwhile_gets_its_node(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}]})
+    pid = _controller_pid(c)
+    # Frozen first, so that the job is certainly submitted while no controller acts on it.
+    os.kill(pid, signal.SIGSTOP)
+    job = c.sbatch("echo ran on $(hostname)", "-N1", name="meanwhile")
+    time.sleep(1)
+    assert c.containers() == set() and c.job_state(job) == "PENDING"
+    killed = time.time()
+    os.kill(pid, signal.SIGKILL)
+    back = _restarted(c, pid, killed)
+    assert c.wait_job(job, DONE, 30) == "COMPLETED"
+    assert "ran on hpc-node-" in (c.shared / f"slurm-{job}.out").read_text()
+    after = [e for e in c.events() if e["ts"] >= killed]
+    assert {"restarted after SIGKILL", "started"} <= {e.get("reason") for e in after if e["kind"] == "controller"}, after
+    assert any(e["kind"] == "requested" for e in after), after
+    st = c.status()
+    assert (st["controller"], st["supervisor"], st["stale"]) == ("running", "running", False)
+    print(f"controller running again {back:.2f} s after a SIGKILL")
+
+
+def test_killed_with_its_supervisor_the_controller_is_shown_dead_until_up(make_cluster):
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}]})
+    pids = Path("/run/accordion") / c.name / "pids"
+    os.kill(int((pids / "supervisor.pid").read_text()), signal.SIGKILL)
+    st = c.status()
+    assert (st["controller"], st["supervisor"]) == ("running", "dead")
+    os.kill(_controller_pid(c), signal.SIGKILL)
+    job = c.sbatch("true", "-N1", name="orphan")
+    time.sleep(3)
+    # Nothing starts it again, and status says so rather than showing the last figures as current.
+    st = c.status()
+    assert (st["controller"], st["supervisor"], st["stale"]) == ("dead", "dead", True), st
+    assert st["nodesets"][0]["pending_jobs"] == 0  # the controller never saw the job: these figures are old
+    text = " ".join(accordion("status", "-c", c.name).stdout.split())
+    assert "controller dead" in text and "stale" in text, text
+    assert c.containers() == set() and c.job_state(job) == "PENDING"
+    c.up()  # starts a supervisor, which starts the controller
+    assert c.wait_job(job, DONE, 30) == "COMPLETED"
+    st = c.status()
+    assert (st["controller"], st["supervisor"], st["stale"]) == ("running", "running", False), st
 
 
 def test_node_killed_under_a_job_is_detected_and_the_job_reruns(make_cluster):
