@@ -14,4 +14,6 @@ done
 bash "$here/scripts/build-images.sh"
 venv=${ACCORDION_VENV:-/opt/accordion/venv}
 cd "$here"
+# Style, types and layers first: a broken contract fails in seconds, not after the live tests.
+bash "$here/scripts/lint.sh"
 ACCORDION_REQUIRE_LIVE=1 exec "$venv/bin/python" -m pytest -v -p no:cacheprovider "$@" tests

@@ -6,7 +6,6 @@ the API; tests/live/test_kubernetes.py runs the Pods for real with podman.
 
 from __future__ import annotations
 
-
 import kmock
 import pytest
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from accordion.model import Job
 from accordion.store import write_json
 from tests.test_controller import make, step
-from accordion.model import Job
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 

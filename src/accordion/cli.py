@@ -8,11 +8,13 @@ import os
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
+from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
@@ -32,7 +34,7 @@ out = Console()
 err = Console(stderr=True)
 
 ClusterOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--cluster", "-c", help="Cluster name (default: the only cluster running, else 'accordion')."),
 ]
 
@@ -65,8 +67,8 @@ def _load(name: str | None) -> Cluster:
 
 @app.command()
 def up(
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Cluster file (default: built-in, no file needed).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Override the cluster name from the file.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Cluster file (default: built-in, no file needed).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Override the cluster name from the file.")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the cluster to be ready.")] = 90.0,
 ) -> None:
     """Start a cluster and return once it is ready (its min_nodes nodes are up)."""
@@ -133,7 +135,7 @@ def stale_after(c: Cluster) -> float:
     return max(10.0, 5 * c.config.controller.resync_interval)
 
 
-def status_document(c: Cluster, recent: int = 8) -> dict[str, object]:
+def status_document(c: Cluster, recent: int = 8) -> dict[str, Any]:
     st = c.status()
     ts = st.get("ts")
     age = max(0.0, time.time() - ts) if isinstance(ts, (int, float)) else None
@@ -210,7 +212,7 @@ def status(
             pass
 
 
-def _status_view(doc: dict) -> Group:
+def _status_view(doc: dict[str, Any]) -> Group:
     again = f"`accordion up -c {doc['cluster']}`"
     ctl = {
         "running": "[green]running[/]" if doc["supervisor"] == "running" else f"[yellow]running, unsupervised[/] ({again} restarts its supervisor)",
@@ -221,7 +223,7 @@ def _status_view(doc: dict) -> Group:
         figures = "[yellow]no figures yet[/]"
     else:
         figures = f"updated {_ago(doc['updated'])} ago" + (", [yellow]stale[/]" if doc["stale"] else "")
-    parts: list[object] = [f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}, {figures}"]
+    parts: list[RenderableType] = [f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}, {figures}"]
     table = Table("set", "scaling", "max", "start", "idle", "busy", "drain", "fail", "run", "wait", "CPUs wait")
     for s in doc["nodesets"]:
         n = s["nodes"]
@@ -241,7 +243,7 @@ def _status_view(doc: dict) -> Group:
     return Group(*parts)
 
 
-def _format_event(e: dict[str, object]) -> str:
+def _format_event(e: dict[str, Any]) -> str:
     ts = time.strftime("%H:%M:%S", time.localtime(float(e["ts"])))
     parts = [ts, str(e["kind"]).ljust(10), str(e.get("node", ""))]
     if e.get("reason"):
@@ -265,7 +267,7 @@ def _since(since: str | None) -> float:
 def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
     cluster: ClusterOpt = None,
-    since: Annotated[Optional[str], typer.Option(help="Only the last period, e.g. 1h, 30m (default: everything).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only the last period, e.g. 1h, 30m (default: everything).")] = None,
 ) -> None:
     """An HTML report: demand, provisioned and busy nodes over time, scale events, provisioning latency."""
     from accordion.report import build
@@ -282,7 +284,7 @@ def report(
 @app.command()
 def events(
     cluster: ClusterOpt = None,
-    since: Annotated[Optional[str], typer.Option(help="Only events newer than this, e.g. 10m, 2h, 30s.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only events newer than this, e.g. 10m, 2h, 30s.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new events.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON lines.")] = False,
 ) -> None:
@@ -325,7 +327,7 @@ def shell(
 @app.command()
 def scale(
     nodeset: Annotated[str, typer.Argument(help="Node set name.")],
-    count: Annotated[Optional[int], typer.Argument(help="Number of nodes to keep.")] = None,
+    count: Annotated[int | None, typer.Argument(help="Number of nodes to keep.")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="Give the node set back to automatic scaling.")] = False,
     cluster: ClusterOpt = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the node set to reach the count (0: do not wait).")] = 60.0,
@@ -383,9 +385,8 @@ def list_() -> None:
 def controller(cluster: ClusterOpt = None) -> None:
     """Run the controller loop in the foreground (the supervisor `accordion up` starts runs it in the background)."""
     from accordion.controller import Controller, serve
-    from accordion.metrics import Metrics
-
     from accordion.logs import setup_logging
+    from accordion.metrics import Metrics
     from accordion.supervisor import take_controller_lock
 
     log = logging.getLogger("accordion.controller")
@@ -428,25 +429,29 @@ def os_error_text(exc: OSError) -> str:
     return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
 
 
+
+def _advance(progress: Progress, task: TaskID, done: int) -> None:
+    progress.update(task, completed=done)
+
 @app.command()
 def simulate(
     trace: Annotated[Path, typer.Argument(help="Job log: SWF (plain or .gz) or a `sacct --parsable2` export.", show_default=False)],
     policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies: static, chsc, powersave, accordion.")] = "static,chsc,powersave,accordion",
-    nodes: Annotated[Optional[int], typer.Option(help="Max nodes (default: the trace header's MaxNodes).")] = None,
-    cpus_per_node: Annotated[Optional[int], typer.Option(help="CPUs per node (default: MaxProcs // MaxNodes).")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Max nodes (default: the trace header's MaxNodes).")] = None,
+    cpus_per_node: Annotated[int | None, typer.Option(help="CPUs per node (default: MaxProcs // MaxNodes).")] = None,
     min_nodes: Annotated[int, typer.Option(help="Nodes elastic policies keep up.")] = 0,
     boot_time: Annotated[float, typer.Option(help="Seconds from starting a node to running jobs on it (measured cold start).")] = 0.8,
     stop_time: Annotated[float, typer.Option(help="Seconds a removed node takes to disappear.")] = 0.2,
-    idle_timeout: Annotated[Optional[float], typer.Option(help="Idle seconds before the accordion policy removes a node (default 60, the live default).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Replay only the first N jobs.")] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="Idle seconds before the accordion policy removes a node (default 60, the live default).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N jobs.")] = None,
     start_day: Annotated[float, typer.Option(help="Skip the jobs submitted in the first D days.")] = 0.0,
-    days: Annotated[Optional[float], typer.Option(help="Replay only jobs submitted within D days from --start-day.")] = None,
+    days: Annotated[float | None, typer.Option(help="Replay only jobs submitted within D days from --start-day.")] = None,
     skip_bad_lines: Annotated[bool, typer.Option("--skip-bad-lines", help="Count and skip malformed lines instead of stopping.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Write an HTML report (charts over time, wait distributions) here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report (charts over time, wait distributions) here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """What if this job log had run on an elastic cluster? Replay it under scaling policies, side by side."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from accordion.simulator.metrics import summarize
     from accordion.simulator.policies import POLICIES
@@ -487,8 +492,7 @@ def simulate(
     with Progress(*columns, console=err, transient=True, disable=len(work.jobs) < 5000) as progress:
         for name in names:
             task = progress.add_task(name, total=len(work.jobs))
-            runs.append(run_policy(work, name, idle_timeout if name == "accordion" else None,
-                                   lambda done, task=task: progress.update(task, completed=done)))
+            runs.append(run_policy(work, name, idle_timeout if name == "accordion" else None, partial(_advance, progress, task)))
     metrics = [summarize(r) for r in runs]
     if report is not None:
         try:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from accordion import daemons
 from accordion.config import ClusterConfig, ConfigError, parse_config
@@ -205,6 +206,6 @@ class Cluster:
         except (OSError, ValueError):
             return None
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         status = read_json(self.paths.state / "status.json", {})
         return status if isinstance(status, dict) else {}

@@ -22,7 +22,7 @@ from accordion.config import ClusterConfig
 from accordion.errors import AccordionError
 from accordion.events import EventLog
 from accordion.metrics import Metrics, reason_kind
-from accordion.model import Node, demand, NodeSetSpec, NodeState, Plan, SchedNode, SchedState, SchedulerView, Snapshot
+from accordion.model import Node, NodeSetSpec, NodeState, Plan, SchedNode, SchedState, SchedulerView, Snapshot, demand
 from accordion.paths import ClusterPaths
 from accordion.providers.base import NodeInfo, Provider
 from accordion.schedulers.base import Scheduler

@@ -21,11 +21,11 @@ class _Context(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(), "cluster": record.cluster, "logger": record.name}
-        if record.node:
-            doc["node"] = record.node
-        if record.nodeset:
-            doc["nodeset"] = record.nodeset
+        # cluster, node and nodeset are set on every record by ContextFilter.
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(), "cluster": getattr(record, "cluster", ""), "logger": record.name}
+        for field in ("node", "nodeset"):
+            if getattr(record, field, ""):
+                doc[field] = getattr(record, field)
         doc["msg"] = record.getMessage()
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)

@@ -151,7 +151,7 @@ class KMockThread:
         finally:
             self._loop.close()
 
-    def start(self) -> "KMockThread":
+    def start(self) -> KMockThread:
         self._thread = threading.Thread(target=self._run, name='kmock', daemon=True)
         self._thread.start()
         if not self._ready.wait(self._start_timeout):
@@ -225,7 +225,7 @@ class KMockThread:
         )
         return path
 
-    def __enter__(self) -> "KMockThread":
+    def __enter__(self) -> KMockThread:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

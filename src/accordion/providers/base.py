@@ -7,7 +7,6 @@ from typing import Protocol
 
 from accordion.errors import ProviderError  # re-exported: providers raise it
 
-
 # What slurmd/sshd and job steps need as root inside a node, whatever runs it: run steps as the submitting
 # user (SETUID/SETGID/SETPCAP), manage spool and job files (CHOWN/DAC_OVERRIDE/FOWNER/FSETID), signal steps
 # (KILL), bind low ports (sshd), chroot for privilege separation (sshd), audit records (login).

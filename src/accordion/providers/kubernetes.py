@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -327,7 +327,7 @@ class KubernetesProvider:
             else {"apiVersion": "v1", "kind": "ConfigMap", "name": self.owner, "namespace": self.namespace}
         )
         kind = str(event["kind"])
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "metadata": {"name": f"{node or self.owner}.{time.time_ns():x}", "namespace": self.namespace, "labels": self._labels()},
             "involvedObject": involved,

@@ -368,7 +368,7 @@ def _wants_nodes(r: dict[str, object], reason: str, now: float) -> bool:
     dependency reads like any other (ReqNodeNotAvail, None)."""
     if r.get("priority") == 0:  # held (sbatch -H, scontrol hold)
         return False
-    if float(r.get("eligible_time") or 0) > now:  # --begin in the future
+    if float(str(r.get("eligible_time") or 0)) > now:  # --begin in the future
         return False
     if "unfulfilled" in str(r.get("dependency") or ""):
         return False

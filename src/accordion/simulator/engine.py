@@ -48,7 +48,8 @@ class ClusterModel:
 
 def fit_to(cluster: ClusterModel, jobs: Sequence[TraceJob]) -> tuple[list[TraceJob], list[TraceJob]]:
     """The jobs that fit in the cluster, and those larger than it."""
-    fits, too_big = [], []
+    fits: list[TraceJob] = []
+    too_big: list[TraceJob] = []
     for j in jobs:
         (fits if cluster.nodes_for(j) <= cluster.max_nodes else too_big).append(j)
     return fits, too_big

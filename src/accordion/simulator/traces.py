@@ -7,7 +7,7 @@ import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 SWF_FIELDS = 18
@@ -57,7 +57,7 @@ def read_trace(path: Path, skip_bad_lines: bool = False) -> Trace:
     if not path.is_file():
         raise TraceError(f"{path}: no such file")
     numbered = enumerate(_open_lines(path), 1)
-    for lineno, first in numbered:
+    for lineno, first in numbered:  # noqa: B007  (lineno is read after the loop)
         if first.strip():
             break
     else:
@@ -142,7 +142,7 @@ def _seconds(text: str) -> float | None:
 def _timestamp(text: str) -> float | None:
     """sacct prints local times without a zone: read them as UTC, which keeps differences right."""
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None  # Unknown, None: the job never got there
 
