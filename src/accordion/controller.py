@@ -200,15 +200,17 @@ class Controller:
         """A node's state for the policy, from the scheduler's and the provider's facts: (state, since, free
         CPUs, free memory). Computed here only; status, metrics and the policy all read it."""
         op = self.ops.get(name)
+        failure = self.failures.get(name)
+        waiting = failure is not None and failure.count >= self.settings.max_start_failures and now < failure.retry
         if op is not None:
             if op.kind == "start" and not op.abandoned:
                 return NodeState.STARTING, self.requested_at.get(name, now), 0, 0
-            return NodeState.DRAINING, now, 0, 0  # on its way out: neither used nor reused yet
+            # On its way out: neither used nor reused yet.
+            return (NodeState.FAILED if waiting else NodeState.DRAINING), now, 0, 0
         if info is None:
             if sn is not None and sn.state == SchedState.HELD:
                 return NodeState.HELD, now, 0, 0
-            failure = self.failures.get(name)
-            if failure is not None and failure.count >= self.settings.max_start_failures and now < failure.retry:
+            if waiting:
                 return NodeState.FAILED, now, 0, 0
             # When it went away: the policy reuses the longest-absent names first, so a node is not
             # recreated under the name the scheduler may still be sending old messages to.

@@ -256,7 +256,7 @@ def test_node_that_never_comes_up_is_given_up_and_the_job_runs_elsewhere(make_cl
     monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
     c = make_cluster({
         "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}],
-        "controller": {"resume_timeout": 4, "max_start_failures": 1},
+        "controller": {"resume_timeout": 4, "max_start_failures": 1, "retry_backoff": 120},
     })
     job = c.sbatch("echo ok", "-N1", name="patient")
     assert c.wait_job(job, DONE, 60) == "COMPLETED"
@@ -267,8 +267,8 @@ def test_node_that_never_comes_up_is_given_up_and_the_job_runs_elsewhere(make_cl
     assert len(failed) == 2, failed
     reasons = sorted(failed.values())
     assert reasons[0].startswith("could not start: runc could not start node") and "injected: no such image" in reasons[0]
-    assert reasons[1] == "did not register within 4 s"
-    # Both are reported to Slurm (drained, with the reason) and shown as failed (max_start_failures: 1).
+    assert reasons[1] == "did not register within 4 s; retried in 120 s"
+    # Both are reported to Slurm (drained, with the reason) and shown as failed until their retry time.
     for node, reason in failed.items():
         assert reason[:30] in c.sh(f"scontrol show node {node} | grep Reason"), node
         assert c.node_states()[node] == "failed"
