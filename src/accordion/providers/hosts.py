@@ -1,0 +1,228 @@
+"""Nodes on a set of hosts without Kubernetes, each running `accordion agent` (see providers/agent.py).
+
+The head keeps which host each node was placed on, and a generation number raised on every change, in
+the cluster's state (`hosts.json`); every listing sends each host the names it should run with that
+generation (`converge`), so the hosts follow the head's intent even after a lost message or a restart of
+either side. The listing is also the heartbeat: a host that does not answer makes the listing fail (an
+error, so that the controller deletes nothing) until it has been silent for `host_timeout`; from then on its
+nodes are listed as not running, "host lost", which the controller reports to the scheduler (jobs
+requeued) before removing them. New nodes go only to hosts that answered the last listing, so a host that
+comes back has its stale nodes removed (by that converge) before it gets new ones.
+
+The cluster network: the head's namespace holds the bridge with the head's address, as the local
+provider's does; each host's agent makes a bridge of its own, and a VXLAN tunnel (one network identifier
+per cluster) joins every bridge to every other one, so that all nodes and the head share one layer-2
+network (10.77.0.0/16) across hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from accordion.config import ClusterConfig, Host
+from accordion.paths import ClusterPaths
+from accordion.providers.agent import AgentClient, client_context, ensure_vxlan, nodes_of, spec_to_json
+from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
+from accordion.providers.local import HEAD, NodeRuntime, enter_netns, hosts_file
+from accordion.sh import run
+from accordion.store import read_json, write_json
+
+
+class HostsProvider:
+    def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.hosts: dict[str, Host] = {h.name: h for h in config.hosts or []}
+        # The head's side of the cluster network: a bridge (with the head's address) and no nodes.
+        self.head = NodeRuntime(config, config.name, paths.run, paths.logs, mtu=None)
+        self.netns = self.head.netns
+        self.file = paths.state / "hosts.json"
+        self.health_file = paths.run / "hosts.json"
+        self.lock = threading.Lock()
+        # A host is given host_timeout from when this process starts before its nodes are called lost.
+        start = time.monotonic()
+        self.last_ok: dict[str, float] = dict.fromkeys(self.hosts, start)
+        self.health: dict[str, dict[str, Any]] = {h: {"state": "unknown"} for h in self.hosts}
+        self.created: dict[str, float] = {}
+        self._ctx: Any = None
+        self.timeout = max(0.5, min(3.0, config.host_timeout / 3))
+
+    # ----- the head's record of placement -----
+
+    def _load(self) -> tuple[int, dict[str, str]]:
+        data = read_json(self.file, {})
+        assert isinstance(data, dict)
+        return int(data.get("generation", 0)), dict(data.get("placed", {}))
+
+    def _change(self, node: str, host: str | None) -> int:
+        with self.lock:
+            generation, placed = self._load()
+            generation += 1
+            if host is None:
+                placed.pop(node, None)
+            else:
+                placed[node] = host
+            write_json(self.file, {"generation": generation, "placed": placed})
+            return generation
+
+    def placed(self) -> dict[str, str]:
+        return self._load()[1]
+
+    def _client(self, host: str) -> AgentClient:
+        if self._ctx is None:
+            self._ctx = client_context(self.config.name)
+        h = self.hosts[host]
+        return AgentClient(self.config.name, h.address, h.port, self._ctx, self.timeout)
+
+    # ----- Provider -----
+
+    def head_address(self) -> str:
+        return str(HEAD)
+
+    def address(self, node: str) -> str:
+        return self.head.address(node)
+
+    def enter(self) -> list[str]:
+        return enter_netns(self.netns)
+
+    def _local_address(self) -> str:
+        """This machine's address towards the hosts (the source the kernel would use): the head's end of the tunnels."""
+        first = str(next(iter(self.hosts.values())).address)
+        words = run(["ip", "-o", "route", "get", first]).stdout.split()
+        if "src" not in words:
+            raise ProviderError(f"no route from this machine to host address {first}")
+        return words[words.index("src") + 1]
+
+    def setup(self) -> None:
+        client_context(self.config.name)  # credentials first: nothing is made for a cluster that has none
+        self.head.setup(str(HEAD))
+        local = self._local_address()
+        ensure_vxlan(self.netns, self.config.name, local, [str(h.address) for h in self.hosts.values()])
+        (self.paths.run / "hosts").write_text(hosts_file(self.config))
+        self.paths.state.mkdir(parents=True, exist_ok=True)
+        if not self.file.exists():
+            write_json(self.file, {"generation": 0, "placed": {}})
+
+    def _peers(self, host: str) -> list[str]:
+        return [self._local_address()] + [str(h.address) for name, h in self.hosts.items() if name != host]
+
+    def _converge(self, host: str, generation: int, placed: dict[str, str]) -> dict[str, Any]:
+        return self._client(host).call(
+            "/v1/converge",
+            {"config": self._config_json(), "generation": generation, "nodes": sorted(n for n, h in placed.items() if h == host), "peers": self._peers(host)},
+        )
+
+    def _config_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.config.model_dump_json())
+        return data
+
+    def list(self) -> dict[str, NodeInfo]:
+        generation, placed = self._load()
+        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
+            futures = {h: pool.submit(self._converge, h, generation, placed) for h in self.hosts}
+        now, wall = time.monotonic(), time.time()
+        nodes: dict[str, NodeInfo] = {}
+        silent: list[str] = []
+        for host, future in futures.items():
+            error = future.exception()
+            if error is None:
+                status = future.result()
+                self.last_ok[host] = now
+                here = {n: i for n, i in nodes_of(status).items() if placed.get(n) == host}
+                self.created.update({n: i.created for n, i in here.items()})
+                nodes.update(here)
+                self.health[host] = {"state": "up", "seen": wall, "capacity": status["capacity"], "nodes": sorted(here)}
+                continue
+            quiet = now - self.last_ok[host]
+            if quiet < self.config.host_timeout:
+                silent.append(f"{host} ({error})")
+                self.health[host] = {**self.health[host], "state": "not answering", "error": str(error)}
+                continue
+            mine = sorted(n for n, h in placed.items() if h == host)
+            reason = f"host {host} lost: silent for {quiet:.0f} s"
+            nodes.update({n: NodeInfo(n, False, self.created.get(n, 0.0), reason) for n in mine})
+            self.health[host] = {**self.health[host], "state": "lost", "error": str(error), "nodes": mine}
+        write_json(self.health_file, self.health)
+        if silent:
+            raise ProviderError(
+                f"host(s) not answering: {'; '.join(silent)}; their nodes are reported lost after host_timeout ({self.config.host_timeout:g} s)"
+            )
+        return nodes
+
+    def _place(self, spec: NodeSpec) -> str:
+        """A host for a new node: among those that answered the last listing, within their capacity."""
+        placed = self.placed()
+        candidates = []
+        for name, host in self.hosts.items():
+            health = self.health.get(name, {})
+            if health.get("state") != "up":
+                continue
+            cap = health.get("capacity", {})
+            cpus = host.cpus or int(cap.get("cpus", 0))
+            mem = host.memory_mb or int(cap.get("memory_mb", 0))
+            mine = [n for n, h in placed.items() if h == name and n != spec.name]
+            used_cpus = sum(self._size(n)[0] for n in mine)
+            used_mem = sum(self._size(n)[1] for n in mine)
+            if used_cpus + spec.cpus <= cpus and used_mem + spec.memory_mb <= mem:
+                candidates.append((len(mine), used_cpus, name))
+        if not candidates:
+            raise ProviderError(f"no host can take {spec.name} ({spec.cpus} CPUs, {spec.memory_mb} MB): all are full, lost or not yet listed")
+        if self.config.placement == "spread":
+            return min(candidates)[2]
+        # pack: the fullest host that still fits, in the cluster file's order on a tie.
+        order = list(self.hosts)
+        return max(candidates, key=lambda c: (c[1], -order.index(c[2])))[2]
+
+    def _size(self, node: str) -> tuple[int, int]:
+        ns = self.config.nodeset_of(node)
+        return (ns.cpus, ns.memory_mb) if ns is not None else (0, 0)
+
+    def create(self, spec: NodeSpec) -> None:
+        previous = self.placed().get(spec.name)
+        if previous is not None:
+            self.delete(spec.name)
+        host = self._place(spec)
+        generation = self._change(spec.name, host)
+        try:
+            status = self._client(host).call("/v1/create", {"config": self._config_json(), "generation": generation, "spec": spec_to_json(spec)}, timeout=60)
+        except ProviderError as exc:
+            self._change(spec.name, None)
+            try:
+                self._client(host).call("/v1/delete", {"name": spec.name})
+            except ProviderError:
+                pass  # the host's next converge removes it
+            raise ProviderError(f"could not start {spec.name} on host {host}: {exc}") from None
+        info = nodes_of(status).get(spec.name)
+        if info is not None:
+            self.created[spec.name] = info.created
+
+    def delete(self, name: str) -> None:
+        host = self.placed().get(name)
+        self._change(name, None)
+        if host is None or host not in self.hosts or self.health.get(host, {}).get("state") == "lost":
+            return  # a lost host removes it at its first converge once back
+        try:
+            self._client(host).call("/v1/delete", {"name": name}, timeout=60)
+        except ProviderError:
+            pass  # no longer placed: the host's next converge removes it
+
+    def teardown(self) -> None:
+        errors = []
+        for host in self.hosts:
+            try:
+                self._client(host).call("/v1/teardown", {}, timeout=120)
+            except ProviderError as exc:
+                errors.append(f"{host}: {exc}")
+        self.head.teardown()
+        if errors:
+            raise ProviderError(f"could not clear every host: {'; '.join(errors)}")
+        self.file.unlink(missing_ok=True)
+        self.health_file.unlink(missing_ok=True)
+
+    def host_health(self) -> dict[str, Any]:
+        data = read_json(self.health_file, {})
+        return data if isinstance(data, dict) else {}
