@@ -73,9 +73,10 @@ class SimHost:
         return first.stderr
 
     def start(self) -> None:
+        before = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.agent = subprocess.Popen([*self.enter(), *ACCORDION, *self.agent_args()], env=self.env, stdout=log, stderr=log, start_new_session=True)
-        wait_for(lambda: b"listening on" in self.log.read_bytes().split(b"agent of host")[-1], 20, f"agent of {self.name} to listen")
+        wait_for(lambda: b"listening on" in self.log.read_bytes()[before:], 20, f"agent of {self.name} to listen")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.agent is not None and self.agent.poll() is None:

@@ -58,16 +58,18 @@ class HostsProvider:
         assert isinstance(data, dict)
         return int(data.get("generation", 0)), dict(data.get("placed", {}))
 
-    def _change(self, node: str, host: str | None) -> int:
+    def _change(self, node: str, spec: NodeSpec | None) -> tuple[int, str]:
+        """Place `spec` on a host, or (None) forget where `node` was; returns the new generation and the host.
+        Under the lock: starts run in parallel, and two must not both take a host's last CPUs."""
         with self.lock:
             generation, placed = self._load()
             generation += 1
-            if host is None:
-                placed.pop(node, None)
+            if spec is None:
+                host = placed.pop(node, "")
             else:
-                placed[node] = host
+                host = placed[node] = self._place(spec, placed)
             write_json(self.file, {"generation": generation, "placed": placed})
-            return generation
+            return generation, host
 
     def placed(self) -> dict[str, str]:
         return self._load()[1]
@@ -153,9 +155,8 @@ class HostsProvider:
             )
         return nodes
 
-    def _place(self, spec: NodeSpec) -> str:
+    def _place(self, spec: NodeSpec, placed: dict[str, str]) -> str:
         """A host for a new node: among those that answered the last listing, within their capacity."""
-        placed = self.placed()
         candidates = []
         for name, host in self.hosts.items():
             health = self.health.get(name, {})
@@ -185,8 +186,7 @@ class HostsProvider:
         previous = self.placed().get(spec.name)
         if previous is not None:
             self.delete(spec.name)
-        host = self._place(spec)
-        generation = self._change(spec.name, host)
+        generation, host = self._change(spec.name, spec)
         try:
             status = self._client(host).call("/v1/create", {"config": self._config_json(), "generation": generation, "spec": spec_to_json(spec)}, timeout=60)
         except ProviderError as exc:
@@ -201,9 +201,8 @@ class HostsProvider:
             self.created[spec.name] = info.created
 
     def delete(self, name: str) -> None:
-        host = self.placed().get(name)
-        self._change(name, None)
-        if host is None or host not in self.hosts or self.health.get(host, {}).get("state") == "lost":
+        _, host = self._change(name, None)
+        if host not in self.hosts or self.health.get(host, {}).get("state") == "lost":
             return  # a lost host removes it at its first converge once back
         try:
             self._client(host).call("/v1/delete", {"name": name}, timeout=60)
