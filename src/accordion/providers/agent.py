@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
@@ -268,10 +269,14 @@ class Agent:
         if config.name != self.cluster:
             raise ProviderError(f"this agent serves cluster {self.cluster}, not {config.name}")
         if self.runtime is None or self.runtime.config != config:
-            index = [h.name for h in config.hosts or []].index(self.host) if self.host in [h.name for h in config.hosts or []] else 255
+            names = [h.name for h in config.hosts or []]
+            if self.host not in names:
+                raise ProviderError(f"host {self.host} is not one of cluster {self.cluster}'s hosts ({', '.join(names)})")
+            # Bridges joined by VXLAN form one layer-2 network: each needs its own MAC.
+            i = names.index(self.host) + 1
             self.runtime = NodeRuntime(
                 config, f"{self.cluster}.{self.host}", run_root() / f"{self.cluster}.{self.host}", self.dir / "logs",
-                bridge_mac=f"02:ac:01:00:00:{index + 1:02x}", mtu=MTU,
+                bridge_mac=f"02:ac:01:00:{i >> 8:02x}:{i & 0xFF:02x}", mtu=MTU,
             )
         return self.runtime
 
@@ -417,6 +422,10 @@ class _Server(ThreadingHTTPServer):
         sock, addr = super().get_request()
         # The handshake runs in the request's thread (see finish_request), so a silent peer blocks no one.
         return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A peer that drops the connection mid-request (a refused or replayed one): one line, no traceback.
+        log.warning("connection from %s ended: %s", client_address[0], sys.exc_info()[1])
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(30)
