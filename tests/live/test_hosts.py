@@ -4,6 +4,7 @@ a job, and `accordion down` leaving nothing on any host. The TLS door is tested 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -62,7 +63,10 @@ def test_appendix_c_across_hosts(lab):
     node2 = c.job(job2)["NodeList"]
     where = host_of(c)
     assert node1 != node2 and where[node1] != where[node2], where
-    assert {node1} <= sim.hosts[int(where[node1][1:]) - 1].nodes()
+    host1 = sim.hosts[int(where[node1][1:]) - 1]
+    assert {node1} <= host1.nodes()
+    # Nodes on a host do not share the head's munge socket: each runs its own munged from the delivered key.
+    assert "munged" in {Path(f"/proc/{pid}/comm").read_text().strip() for pid in host1.node_pids()}
     c.sh(f"scancel {job1}")
     wait_for(lambda: node1 not in host_of(c), 40, f"{node1} removed after its idle timeout")
     wait_for(lambda: all(node1 not in h.nodes() for h in sim.hosts), 10, f"{node1}'s container gone from its host")
@@ -158,7 +162,15 @@ def test_down_leaves_nothing_on_any_host(lab):
     c, sim = lab
     job = c.sbatch("sleep 300", "-N2", "-c2", name="down")
     c.wait_job(job, {"RUNNING"}, timeout=40)
+    key = (Path("/var/lib/accordion") / c.name / "munge" / "munge.key").read_bytes()
     c.down()
+    # The cluster's key went to the hosts inside TLS, into the nodes' own tmpfs: in no agent's log or file.
+    pieces = {key[i : i + 16] for i in range(0, len(key) - 16, 16)}
+    pieces |= {base64.b64encode(key)[i : i + 16] for i in range(0, len(base64.b64encode(key)) - 16, 16)}
+    for h in sim.hosts:
+        for f in filter(Path.is_file, h.root.rglob("*")):
+            data = f.read_bytes()
+            assert not any(p in data for p in pieces), f"a piece of the munge key in {f}"
     found = []
     for h in sim.hosts:
         found += [f"{h.name}: node process {p}" for p in h.node_pids()]

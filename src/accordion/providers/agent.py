@@ -22,6 +22,7 @@ restarted agent finds its nodes (runc's state) and keeps them.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import http.client
@@ -57,6 +58,10 @@ VXLAN_PORT = 4789
 MTU = 1450
 VXLAN = "vx0"
 MAX_BODY = 1 << 20
+# The node image's entrypoint (images/node/entrypoint.sh, linked into the package): on a host, a node does
+# not share the head's munge socket; this starts munged in the node from the cluster's key, which the head
+# sends with each create, then runs the node's command.
+NODE_ENTRYPOINT = Path(__file__).resolve().parent / "node-entrypoint.sh"
 
 
 # ----- credentials -----
@@ -231,6 +236,14 @@ def ensure_vxlan(netns: str, cluster: str, local: str, peers: list[str]) -> None
 # ----- the agent -----
 
 
+def secret_data(spec: NodeSpec) -> dict[str, str]:
+    """The contents of the files a node needs privately (read on the head), for the host's agent."""
+    try:
+        return {target: base64.b64encode(Path(source).read_bytes()).decode() for target, source in spec.secrets.items()}
+    except OSError as exc:
+        raise ProviderError(f"cannot read a secret of {spec.name}: {exc}") from None
+
+
 def spec_to_json(spec: NodeSpec) -> dict[str, Any]:
     return {"name": spec.name, "cpus": spec.cpus, "memory_mb": spec.memory_mb, "command": spec.command,
             "binds": [vars(b) for b in spec.binds], "env": spec.env, "secrets": spec.secrets}
@@ -276,7 +289,7 @@ class Agent:
             i = names.index(self.host) + 1
             self.runtime = NodeRuntime(
                 config, f"{self.cluster}.{self.host}", run_root() / f"{self.cluster}.{self.host}", self.dir / "logs",
-                bridge_mac=f"02:ac:01:00:{i >> 8:02x}:{i & 0xFF:02x}", mtu=MTU,
+                bridge_mac=f"02:ac:01:00:{i >> 8:02x}:{i & 0xFF:02x}", mtu=MTU, entrypoint=NODE_ENTRYPOINT.resolve(),
             )
         return self.runtime
 
@@ -309,7 +322,7 @@ class Agent:
                         self._save()
         return self.status()
 
-    def create(self, config: ClusterConfig, generation: int, spec: NodeSpec) -> dict[str, Any]:
+    def create(self, config: ClusterConfig, generation: int, spec: NodeSpec, secrets: dict[str, bytes]) -> dict[str, Any]:
         with self._node_lock(spec.name):
             with self.lock:
                 rt = self._runtime(config)
@@ -318,7 +331,7 @@ class Agent:
                 self.generations[spec.name] = generation
                 self._save()
             log.info("creating %s (generation %d)", spec.name, generation)
-            rt.create(spec)
+            rt.create(spec, secrets)
         return self.status()
 
     def delete(self, name: str) -> dict[str, Any]:
@@ -400,7 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if self.path == "/v1/converge":
                     self._reply(200, agent.converge(config, int(req["generation"]), list(req["nodes"]), list(req["peers"])))
                 else:
-                    self._reply(200, agent.create(config, int(req["generation"]), spec_from_json(req["spec"])))
+                    secrets = {str(t): base64.b64decode(v) for t, v in req.get("secret_data", {}).items()}
+                    self._reply(200, agent.create(config, int(req["generation"]), spec_from_json(req["spec"]), secrets))
             else:
                 self._reply(404, {"error": f"no such operation {self.path}"})
         except (KeyError, TypeError, ValueError) as exc:

@@ -25,7 +25,7 @@ from typing import Any
 
 from accordion.config import ClusterConfig, Host
 from accordion.paths import ClusterPaths
-from accordion.providers.agent import AgentClient, client_context, ensure_vxlan, nodes_of, spec_to_json
+from accordion.providers.agent import AgentClient, client_context, ensure_vxlan, nodes_of, secret_data, spec_to_json
 from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
 from accordion.providers.local import HEAD, NodeRuntime, enter_netns, hosts_file
 from accordion.sh import run
@@ -188,7 +188,8 @@ class HostsProvider:
             self.delete(spec.name)
         generation, host = self._change(spec.name, spec)
         try:
-            status = self._client(host).call("/v1/create", {"config": self._config_json(), "generation": generation, "spec": spec_to_json(spec)}, timeout=60)
+            request = {"config": self._config_json(), "generation": generation, "spec": spec_to_json(spec), "secret_data": secret_data(spec)}
+            status = self._client(host).call("/v1/create", request, timeout=60)
         except ProviderError as exc:
             self._change(spec.name, None)
             try:

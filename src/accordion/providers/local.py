@@ -34,6 +34,10 @@ BRIDGE = "br0"
 # `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
 START_TIMEOUT = 30
 
+# Where a node on an agent's host finds the node image's entrypoint (see NodeRuntime.entrypoint): on the
+# node's /run tmpfs, out of the host's tree.
+ENTRYPOINT = "/run/accordion-node-entrypoint"
+
 # OCI spells capabilities with their CAP_ prefix.
 CAPABILITIES = [f"CAP_{c}" for c in NODE_CAPABILITIES]
 
@@ -104,7 +108,15 @@ class NodeRuntime:
     volatile files (runc state, node roots), `logs` the nodes' output."""
 
     def __init__(
-        self, config: ClusterConfig, scope: str, run: Path, logs: Path, *, bridge_mac: str = "02:ac:00:00:00:01", mtu: int | None = None
+        self,
+        config: ClusterConfig,
+        scope: str,
+        run: Path,
+        logs: Path,
+        *,
+        bridge_mac: str = "02:ac:00:00:00:01",
+        mtu: int | None = None,
+        entrypoint: Path | None = None,
     ) -> None:
         self.config = config
         self.scope = scope
@@ -114,6 +126,11 @@ class NodeRuntime:
         self.netns = f"acc.{scope}"
         self.bridge_mac = bridge_mac
         self.mtu = mtu
+        # Set on a machine that does not share the head's sockets (an agent's host): nodes get the spec's
+        # secrets as files instead of the head-only binds, and run their command through this program,
+        # which starts what those sockets stood for (munged, from the delivered key): the node image's
+        # entrypoint, the same as Pods run.
+        self.entrypoint = entrypoint
         self._index = {name: i for i, name in enumerate(config.all_nodes())}
 
     def _runc(self) -> list[str]:
@@ -165,23 +182,24 @@ class NodeRuntime:
         i = self._index[name] + 2
         return f"02:ac:00:00:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
 
-    def create(self, spec: NodeSpec) -> None:
+    def create(self, spec: NodeSpec, secrets: dict[str, bytes] | None = None) -> None:
+        """`secrets`: the contents of `spec.secrets` (target path in the node -> bytes), with `entrypoint`."""
         if spec.name not in self._index:
             raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
         self.delete(spec.name)
         try:
-            self._create(spec)
+            self._create(spec, secrets or {})
         except Exception:
             self.delete(spec.name)
             raise
 
-    def _create(self, spec: NodeSpec) -> None:
+    def _create(self, spec: NodeSpec, secrets: dict[str, bytes]) -> None:
         name = spec.name
         node_dir = self._node_dir(name)
         node_dir.mkdir(parents=True, mode=0o700)
         (node_dir / "created").write_text(f"{time.time()}\n")
         self._network(name)
-        rootfs = self._rootfs(spec)
+        rootfs = self._rootfs(spec, secrets)
         bundle = node_dir / "bundle"
         bundle.mkdir()
         (bundle / "config.json").write_text(json.dumps(self._oci_spec(spec, rootfs)))
@@ -223,7 +241,7 @@ class NodeRuntime:
             run(inside + ["link", "set", "eth0", "mtu", str(self.mtu)])
         run(inside + ["link", "set", "eth0", "up"])
 
-    def _rootfs(self, spec: NodeSpec) -> Path:
+    def _rootfs(self, spec: NodeSpec, secrets: dict[str, bytes]) -> Path:
         node_dir = self._node_dir(spec.name)
         scratch = node_dir / "scratch"
         scratch.mkdir()
@@ -234,6 +252,12 @@ class NodeRuntime:
             (scratch / sub).mkdir(parents=True)
         (layer / "etc" / "hostname").write_text(spec.name + "\n")
         (layer / "etc" / "hosts").write_text(hosts_file(self.config))
+        for target, data in secrets.items():
+            # On the node's own tmpfs, root-only: readable by the entrypoint, gone with the node.
+            path = layer / Path(target).relative_to("/")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(path, "wb", opener=lambda p, f: os.open(p, f, 0o400)) as out:
+                out.write(data)
         # The accounts stay (PAM's account check, as in `su` from root, fails for a user missing from
         # /etc/shadow), their password hashes do not.
         for name in ("/etc/shadow", "/etc/gshadow"):
@@ -281,12 +305,16 @@ class NodeRuntime:
         for path in hidden:
             if os.path.isdir(path):
                 mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})
+        if self.entrypoint is not None:
+            mounts.append({"destination": ENTRYPOINT, "type": "bind", "source": str(self.entrypoint), "options": ["bind", "ro", "nosuid", "nodev"]})
         homes = self._node_dir(spec.name) / "scratch/home"
         if homes.is_dir():
             mounts.append({"destination": "/home", "type": "bind", "source": str(homes), "options": ["bind", "rw", "nosuid", "nodev"]})
         # Directories from the head bring no set-user-ID program or device node into the node. `bind`, not
         # `rbind`: runc applies these flags to the bind itself only, not to mounts under its source.
         for b in spec.binds:
+            if b.head_only and self.entrypoint is not None:
+                continue
             options = ["bind", "ro" if b.readonly else "rw", "nosuid", "nodev"]
             mounts.append({"destination": b.target, "type": "bind", "source": b.source, "options": options})
         caps = list(CAPABILITIES)
@@ -297,7 +325,7 @@ class NodeRuntime:
             "process": {
                 "terminal": False,
                 "user": {"uid": 0, "gid": 0},
-                "args": ["/usr/bin/catatonit", "--", *spec.command],
+                "args": ["/usr/bin/catatonit", "--", *([ENTRYPOINT] if self.entrypoint is not None else []), *spec.command],
                 "env": [f"{k}={v}" for k, v in env.items()],
                 "cwd": "/",
                 "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
