@@ -46,7 +46,7 @@ def served(tmp_path, monkeypatch):
 
 
 def client(port: int, ctx: ssl.SSLContext) -> A.AgentClient:
-    return A.AgentClient(CLUSTER, IPv4Address("127.0.0.1"), port, ctx, 5)
+    return A.AgentClient(CLUSTER, "h1", IPv4Address("127.0.0.1"), port, ctx, 5)
 
 
 def test_the_head_is_served(served):
@@ -199,3 +199,25 @@ def test_only_the_heads_name_may_act(served):
     with pytest.raises(ProviderError, match="only the cluster's head"):
         client(port, _context(str(d / "intruder.pem"), str(d / "intruder.key"))).call("/v1/delete", {"name": "hpc-node-0"})
     assert calls == []
+
+
+def test_the_head_refuses_a_host_posing_as_another(served):
+    """The CA vouches for h1 at this address: called as h2, it gets no request."""
+    port, calls, _ = served
+    with pytest.raises(ProviderError, match="is h1, not host h2"):
+        A.AgentClient(CLUSTER, "h2", IPv4Address("127.0.0.1"), port, A.client_context(CLUSTER), 5).call("/v1/delete", {"name": "hpc-node-0"})
+    assert calls == []
+
+
+def test_a_host_to_be_discovered_is_enrolled_with_its_address(served):
+    _, _, config = served
+    csr = A.make_csr(CLUSTER, "h1").read_bytes()
+    with pytest.raises(ConfigError, match="needs discover and --address"):
+        A.sign_host(config, "h4", csr, IPv4Address("127.0.0.4"))
+    with pytest.raises(ConfigError, match="not 127.0.0.9"):
+        A.sign_host(config, "h1", csr, IPv4Address("127.0.0.9"))
+    found = config.model_copy(update={"discover": IPv4Address("127.0.0.1")})
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificates(A.sign_host(found, "h4", csr, IPv4Address("127.0.0.4")))[0]
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress) == [IPv4Address("127.0.0.4")]

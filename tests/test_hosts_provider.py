@@ -42,6 +42,7 @@ def make(tmp_path, monkeypatch):
         paths.run.mkdir(parents=True)
         p = HostsProvider(config, paths)
         p.health = {h: {"state": "up", "capacity": {"cpus": 2, "memory_mb": 1000}} for h in p.hosts}
+        p._tunnels = sorted(str(h.address) for h in p.hosts.values())  # as after setup(): no network made here
         return p
 
     return make

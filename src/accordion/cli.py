@@ -426,6 +426,7 @@ def agent(
     address: Annotated[str, typer.Option("--address", help="This host's address in the cluster file (where the agent listens).")],
     port: Annotated[int, typer.Option("--port", help="TCP port of the agent.")] = 7471,
     install: Annotated[Path | None, typer.Option("--install", help="Install the certificate bundle made by `accordion enrol`, then exit.")] = None,
+    announce: Annotated[bool, typer.Option("--announce/--no-announce", help="Announce this agent with DNS-SD on the interface of --address.")] = True,
 ) -> None:
     """Run this host's agent for provider `hosts` (its first run says how to enrol the host)."""
     from accordion.providers import agent as host_agent
@@ -442,7 +443,7 @@ def agent(
         err.print(host_agent.enrolment_help(cluster, host), highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host_agent.run_agent(cluster, host, address, port)
+    host_agent.run_agent(cluster, host, address, port, announce)
 
 
 @app.command()
@@ -450,13 +451,19 @@ def enrol(
     host: Annotated[str, typer.Argument(help="The host's name in the cluster file.")],
     file: Annotated[Path, typer.Option("--file", "-f", help="The cluster file.")],
     csr: Annotated[Path, typer.Option("--csr", help="The signing request `accordion agent` made on the host.")],
+    address: Annotated[str | None, typer.Option("--address", help="The address of a host to be discovered (not in the cluster file).")] = None,
 ) -> None:
     """On the head: sign a host's request with the cluster's CA; prints the bundle for `accordion agent --install`."""
+    import ipaddress
+
     from accordion.providers import agent as host_agent
 
     _need_root()
     try:
-        sys.stdout.buffer.write(host_agent.sign_host(load_config(file), host, csr.read_bytes()))
+        where = None if address is None else ipaddress.IPv4Address(address)
+        sys.stdout.buffer.write(host_agent.sign_host(load_config(file), host, csr.read_bytes(), where))
+    except ValueError as exc:
+        raise fail(f"--address: {exc}") from None
     except ConfigError as exc:
         raise fail(str(exc)) from None
 

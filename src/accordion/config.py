@@ -134,6 +134,9 @@ class ClusterConfig(BaseModel):
     hosts: list[Host] | None = Field(default=None, min_length=1, max_length=256)
     placement: Literal["spread", "pack"] = "spread"
     host_timeout: Seconds = Field(default=10.0, gt=0, le=3600)
+    # The head's address on the hosts' network: hosts announcing themselves there with DNS-SD are added,
+    # once they prove they hold the cluster's credentials (enrolled).
+    discover: IPv4Address | None = None
     nodesets: list[NodeSet] = Field(
         default_factory=lambda: [NodeSet(name="compute", name_base="hpc-node")], min_length=1, max_length=32
     )
@@ -150,14 +153,14 @@ class ClusterConfig(BaseModel):
         if sum(ns.max_nodes for ns in self.nodesets) > 4000:
             raise ValueError("the node sets' max_nodes add up to more than 4000")
         if self.provider == "hosts":
-            if not self.hosts:
-                raise ValueError("provider 'hosts' needs a list of hosts (name and address of each)")
-            for label, values in (("name", [h.name for h in self.hosts]), ("address", [str(h.address) for h in self.hosts])):
+            if not self.hosts and self.discover is None:
+                raise ValueError("provider 'hosts' needs a list of hosts (name and address of each), or discover")
+            for label, values in (("name", [h.name for h in self.hosts or []]), ("address", [str(h.address) for h in self.hosts or []])):
                 dupes = sorted({v for v in values if values.count(v) > 1})
                 if dupes:
                     raise ValueError(f"host {label} must be unique, repeated: {', '.join(dupes)}")
-        elif self.hosts is not None:
-            raise ValueError(f"hosts is only used with provider 'hosts' (provider is {self.provider!r})")
+        elif self.hosts is not None or self.discover is not None:
+            raise ValueError(f"hosts and discover are only used with provider 'hosts' (provider is {self.provider!r})")
         if self.provider == "kubernetes":
             if self.scheduler != "slurm":
                 raise ValueError("provider 'kubernetes' runs scheduler 'slurm' only (no OAR node image yet)")

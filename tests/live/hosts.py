@@ -63,11 +63,12 @@ class SimHost:
     def agent_args(self) -> list[str]:
         return ["agent", "-c", self.sim.cluster, "--host", self.name, "--address", self.address]
 
-    def enrol(self, cluster_file: Path) -> str:
+    def enrol(self, cluster_file: Path, discovered: bool = False) -> str:
         first = self.run(*self.agent_args(), check=False)
         assert first.returncode == 2 and "not enrolled" in first.stderr, first.stderr
         csr = self.root / "state" / "agent" / self.sim.cluster / "host.csr"
-        bundle = accordion("enrol", self.name, "-f", str(cluster_file), "--csr", str(csr)).stdout
+        where = ["--address", self.address] if discovered else []
+        bundle = accordion("enrol", self.name, "-f", str(cluster_file), "--csr", str(csr), *where).stdout
         (self.root / "bundle.pem").write_text(bundle)
         self.run(*self.agent_args(), "--install", str(self.root / "bundle.pem"))
         return first.stderr
@@ -127,8 +128,12 @@ class SimHosts:
         for h in self.hosts:
             h.make()
 
-    def config(self, **extra: object) -> dict:
-        return {"provider": "hosts", "hosts": [{"name": h.name, "address": h.address} for h in self.hosts], **extra}
+    def config(self, static: int | None = None, **extra: object) -> dict:
+        """The cluster file's part for these hosts: the first `static` listed (default all), the others to be
+        discovered (DNS-SD on the test bridge)."""
+        listed = self.hosts[:static]
+        found = {"discover": f"{self.prefix}.1"} if len(listed) < len(self.hosts) else {}
+        return {"provider": "hosts", "hosts": [{"name": h.name, "address": h.address} for h in listed], **found, **extra}
 
     def destroy(self) -> None:
         for h in self.hosts:

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -27,21 +28,23 @@ HOST_TIMEOUT = 5
 def lab(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("hosts")
     name = f"h-{uuid.uuid4().hex[:6]}"
-    sim = SimHosts(name, 3, workdir)
+    # h1-h3 in the cluster file; h4 found by DNS-SD (test_a_host_announced_on_the_lan_is_used_once_enrolled).
+    sim = SimHosts(name, 4, workdir)
     config = sim.config(
+        3,
         host_timeout=HOST_TIMEOUT,
-        nodesets=[{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 2, "memory_mb": 512, "idle_timeout": 4}],
+        nodesets=[{"name": "compute", "name_base": "hpc-node", "max_nodes": 4, "cpus": 2, "memory_mb": 512, "idle_timeout": 4}],
     )
     c = LiveCluster(name, config, workdir)
     try:
         sim.make()
         cluster_file = write_config(workdir, name, config)
-        for h in sim.hosts:
+        for h in sim.hosts[:3]:
             advice = h.enrol(cluster_file)
             assert "accordion enrol" in advice and "--install" in advice
             h.start()
         c.up()
-        yield c, sim
+        yield c, sim, cluster_file
     finally:
         c.down()
         sim.destroy()
@@ -53,7 +56,7 @@ def host_of(c: LiveCluster) -> dict[str, str]:
 
 
 def test_appendix_c_across_hosts(lab):
-    c, sim = lab
+    c, sim, _ = lab
     assert set(c.status()["hosts"]) == {"h1", "h2", "h3"}
     job1 = c.sbatch("sleep infinity", "-N1", "-c2", name="inf1")
     c.wait_job(job1, {"RUNNING"}, timeout=40)
@@ -76,7 +79,7 @@ def test_appendix_c_across_hosts(lab):
 
 
 def test_mpi_pi_spans_two_hosts(lab):
-    c, _ = lab
+    c, _, _ = lab
     pi = c.build_pi()
     job = c.sbatch(f"srun --mpi=pmix {pi} 2000000 0", "-N2", "--ntasks-per-node=2", name="mpi")
     state = c.wait_job(job, DONE, 120)
@@ -93,7 +96,7 @@ def test_mpi_pi_spans_two_hosts(lab):
 
 
 def _agent_logs(sim: SimHosts) -> list[str]:
-    return [f"{h.name}: {line}" for h in sim.hosts for line in h.log.read_text().splitlines()]
+    return [f"{h.name}: {line}" for h in sim.hosts if h.log.exists() for line in h.log.read_text().splitlines()]
 
 
 def _started(c: LiveCluster, node: str) -> int:
@@ -101,7 +104,7 @@ def _started(c: LiveCluster, node: str) -> int:
 
 
 def test_agent_sigkill_under_a_job_keeps_the_node(lab):
-    c, sim = lab
+    c, sim, _ = lab
     marker = c.shared / "agent-kill.done"
     job = c.sbatch(f"sleep 10; touch {marker}; echo done on $(hostname)", "-N1", "-c2", name="sigkill")
     c.wait_job(job, {"RUNNING"}, timeout=40)
@@ -125,7 +128,7 @@ def test_agent_sigkill_under_a_job_keeps_the_node(lab):
 def test_host_loss_under_a_job(lab):
     """Agent and nodes killed, link cut: nodes lost within host_timeout, job requeued and completed elsewhere;
     the host's return leaves no stale node."""
-    c, sim = lab
+    c, sim, _ = lab
     first = c.shared / "loss.first"
     job = c.sbatch(f"if [ -e {first} ]; then echo done on $(hostname); else touch {first}; sleep 600; fi", "-N1", "-c2", name="loss")
     c.wait_job(job, {"RUNNING"}, timeout=40)
@@ -158,8 +161,38 @@ def test_host_loss_under_a_job(lab):
     assert host.node_pids() == []
 
 
+def test_a_host_announced_on_the_lan_is_used_once_enrolled(lab):
+    c, sim, cluster_file = lab
+    from zeroconf import ServiceInfo, Zeroconf
+
+    from accordion.providers.agent import SERVICE
+
+    h2, h4 = sim.hosts[1], sim.hosts[3]
+    log = Path("/var/lib/accordion") / c.name / "logs" / "controller.log"
+    # An announcement of "h4" pointing at another host's agent (enrolled, but as h2) is not taken.
+    zc = Zeroconf(interfaces=[f"{sim.prefix}.1"])
+    try:
+        zc.register_service(ServiceInfo(SERVICE, f"{c.name}-fake.{SERVICE}", port=7471, addresses=[socket.inet_aton(h2.address)],
+                                        properties={"cluster": c.name, "host": "h4"}, server="fake.local."))
+        wait_for(lambda: "ignored host h4" in log.read_text(), 30, "the head to check the announcement")
+        assert "is h2, not host h4" in log.read_text()
+        assert "h4" not in c.status()["hosts"]
+    finally:
+        zc.unregister_all_services()
+        zc.close()
+    # Enrolled with its address, its agent announces itself: it joins, and takes a node.
+    h4.enrol(cluster_file, discovered=True)
+    h4.start()
+    wait_for(lambda: c.status()["hosts"].get("h4", {}).get("state") == "up", 30, "h4 discovered")
+    job = c.sbatch("srun hostname", "-N4", "-c2", name="four")
+    state = c.wait_job(job, DONE, 90)
+    out = (c.shared / f"slurm-{job}.out").read_text()
+    assert state == "COMPLETED" and len(set(out.split())) == 4, out
+    assert " creating hpc-node-" in h4.log.read_text()
+
+
 def test_down_leaves_nothing_on_any_host(lab):
-    c, sim = lab
+    c, sim, _ = lab
     job = c.sbatch("sleep 300", "-N2", "-c2", name="down")
     c.wait_job(job, {"RUNNING"}, timeout=40)
     key = (Path("/var/lib/accordion") / c.name / "munge" / "munge.key").read_bytes()

@@ -29,6 +29,8 @@ import http.client
 import json
 import logging
 import os
+import re
+import socket
 import ssl
 import sys
 import threading
@@ -42,7 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from accordion.config import ClusterConfig, ConfigError, parse_config
+from accordion.config import CLUSTER_NAME, ClusterConfig, ConfigError, parse_config
 from accordion.paths import run_root, state_root
 from accordion.providers.base import Bind, NodeInfo, NodeSpec, ProviderError
 from accordion.providers.local import BRIDGE, NodeRuntime
@@ -149,12 +151,19 @@ def make_csr(cluster: str, host: str) -> Path:
     return d / "host.csr"
 
 
-def sign_host(config: ClusterConfig, host: str, csr_pem: bytes) -> bytes:
-    """The host's certificate (server use only, for the name and address the cluster file gives it) and
-    the cluster's CA certificate, as one PEM bundle for `accordion agent --install`."""
+def sign_host(config: ClusterConfig, host: str, csr_pem: bytes, address: IPv4Address | None = None) -> bytes:
+    """The host's certificate (server use only, for the name and address the cluster file gives it, or
+    `address` for a host to be discovered) and the cluster's CA certificate, as one PEM bundle for
+    `accordion agent --install`."""
     entry = next((h for h in config.hosts or [] if h.name == host), None)
-    if entry is None:
-        raise ConfigError(f"hosts: no host named {host!r} in the cluster file")
+    if entry is not None and address is not None and address != entry.address:
+        raise ConfigError(f"hosts: {host} has address {entry.address} in the cluster file, not {address}")
+    if entry is None and (address is None or config.discover is None):
+        raise ConfigError(f"hosts: no host named {host!r} in the cluster file (a host to be discovered needs discover and --address)")
+    if not re.fullmatch(CLUSTER_NAME, host):
+        raise ConfigError(f"{host!r} is not allowed as a host name: use lower-case letters, digits and -, starting with a letter")
+    where = entry.address if entry is not None else address
+    assert where is not None
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
@@ -163,7 +172,7 @@ def sign_host(config: ClusterConfig, host: str, csr_pem: bytes) -> bytes:
         raise ConfigError(f"the signing request of {host} has a bad signature")
     pki = ensure_ca(config.name)
     ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
-    sans: list[x509.GeneralName] = [x509.DNSName(host), x509.IPAddress(entry.address)]
+    sans: list[x509.GeneralName] = [x509.DNSName(host), x509.IPAddress(where)]
     cert = _cert(host, ca.subject, csr.public_key(), _load_key(pki / "ca.key"), ca=False, usage=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans, days=730)
     return _pem(cert) + _pem(ca)
 
@@ -456,14 +465,35 @@ def enrolled(cluster: str) -> bool:
     return all((d / f).is_file() for f in ("host.key", "host.pem", "ca.pem"))
 
 
-def serve(cluster: str, host: str, address: str, port: int, stop: threading.Event) -> None:
+SERVICE = "_accordion._tcp.local."
+
+
+def announce(cluster: str, host: str, address: str, port: int) -> Any:
+    """Announce this agent with DNS-SD on the interface of `address` only (not on every network of the host).
+    Only an enrolled agent runs, so only an enrolled host is announced; the head still checks its certificate."""
+    from zeroconf import ServiceInfo, Zeroconf
+
+    zc = Zeroconf(interfaces=[address])
+    info = ServiceInfo(
+        SERVICE, f"{cluster}-{host}.{SERVICE}", port=port, addresses=[socket.inet_aton(address)],
+        properties={"cluster": cluster, "host": host}, server=f"{cluster}-{host}.local.",
+    )
+    zc.register_service(info)
+    return zc
+
+
+def serve(cluster: str, host: str, address: str, port: int, stop: threading.Event, discoverable: bool = True) -> None:
     agent = Agent(cluster, host, address)
     server = _Server((address, port), agent, server_context(cluster))
     log.info("agent of host %s (cluster %s) listening on %s:%d; nodes kept: %s", host, cluster, address, port,
              ", ".join(sorted(agent.status()["nodes"])) or "none")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
+    zc = announce(cluster, host, address, port) if discoverable else None
     stop.wait()
+    if zc is not None:
+        zc.unregister_all_services()
+        zc.close()
     server.shutdown()
     server.server_close()
 
@@ -474,12 +504,18 @@ def serve(cluster: str, host: str, address: str, port: int, stop: threading.Even
 class AgentClient:
     """Requests to one host's agent. A host that does not answer raises ProviderError (never an empty answer)."""
 
-    def __init__(self, cluster: str, address: IPv4Address, port: int, ctx: ssl.SSLContext, timeout: float) -> None:
-        self.cluster, self.address, self.port, self.ctx, self.timeout = cluster, str(address), port, ctx, timeout
+    def __init__(self, cluster: str, name: str, address: IPv4Address, port: int, ctx: ssl.SSLContext, timeout: float) -> None:
+        self.cluster, self.name, self.address, self.port, self.ctx, self.timeout = cluster, name, str(address), port, ctx, timeout
 
     def call(self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
         conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=timeout or self.timeout)
         try:
+            conn.connect()
+            # The CA vouches for the address; the name must be the host's too (one host cannot pose as another).
+            cert: Any = conn.sock.getpeercert() if isinstance(conn.sock, ssl.SSLSocket) else None
+            names = [str(attr[1]) for rdn in (cert or {}).get("subject", ()) for attr in rdn if attr[0] == "commonName"]
+            if names != [self.name]:
+                raise ProviderError(f"agent at {self.address}:{self.port} is {', '.join(names) or 'unnamed'}, not host {self.name}")
             if body is None:
                 conn.request("GET", path)
             else:
@@ -509,11 +545,11 @@ def enrolment_help(cluster: str, host: str) -> str:
     )
 
 
-def run_agent(cluster: str, host: str, address: str, port: int) -> None:
+def run_agent(cluster: str, host: str, address: str, port: int, discoverable: bool) -> None:
     """Serve until SIGTERM or SIGINT."""
     import signal
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    serve(cluster, host, address, port, stop)
+    serve(cluster, host, address, port, stop, discoverable)

@@ -18,6 +18,7 @@ network (10.77.0.0/16) across hosts.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,16 +32,24 @@ from accordion.providers.local import HEAD, NodeRuntime, enter_netns, hosts_file
 from accordion.sh import run
 from accordion.store import read_json, write_json
 
+log = logging.getLogger("accordion.hosts")
+
 
 class HostsProvider:
     def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
         self.config = config
         self.paths = paths
+        self.file = paths.state / "hosts.json"
         self.hosts: dict[str, Host] = {h.name: h for h in config.hosts or []}
+        # Hosts found by DNS-SD (and proven enrolled) are kept with the placement: a restarted controller
+        # must list them before they announce themselves again, or their nodes would read as gone.
+        data = read_json(self.file, {})
+        assert isinstance(data, dict)
+        for name, h in dict(data.get("discovered", {})).items():
+            self.hosts.setdefault(name, Host(name=name, address=h["address"], port=h["port"]))
         # The head's side of the cluster network: a bridge (with the head's address) and no nodes.
         self.head = NodeRuntime(config, config.name, paths.run, paths.logs, mtu=None)
         self.netns = self.head.netns
-        self.file = paths.state / "hosts.json"
         self.health_file = paths.run / "hosts.json"
         self.lock = threading.Lock()
         # A host is given host_timeout from when this process starts before its nodes are called lost.
@@ -50,6 +59,8 @@ class HostsProvider:
         self.created: dict[str, float] = {}
         self._ctx: Any = None
         self.timeout = max(0.5, min(3.0, config.host_timeout / 3))
+        self._browser: Any = None
+        self._tunnels: list[str] = []
 
     # ----- the head's record of placement -----
 
@@ -68,8 +79,13 @@ class HostsProvider:
                 host = placed.pop(node, "")
             else:
                 host = placed[node] = self._place(spec, placed)
-            write_json(self.file, {"generation": generation, "placed": placed})
+            self._save(generation, placed)
             return generation, host
+
+    def _save(self, generation: int, placed: dict[str, str]) -> None:
+        static = {h.name for h in self.config.hosts or []}
+        discovered = {n: {"address": str(h.address), "port": h.port} for n, h in self.hosts.items() if n not in static}
+        write_json(self.file, {"generation": generation, "placed": placed, "discovered": discovered})
 
     def placed(self) -> dict[str, str]:
         return self._load()[1]
@@ -78,7 +94,7 @@ class HostsProvider:
         if self._ctx is None:
             self._ctx = client_context(self.config.name)
         h = self.hosts[host]
-        return AgentClient(self.config.name, h.address, h.port, self._ctx, self.timeout)
+        return AgentClient(self.config.name, h.name, h.address, h.port, self._ctx, self.timeout)
 
     # ----- Provider -----
 
@@ -93,6 +109,8 @@ class HostsProvider:
 
     def _local_address(self) -> str:
         """This machine's address towards the hosts (the source the kernel would use): the head's end of the tunnels."""
+        if self.config.discover is not None:
+            return str(self.config.discover)
         first = str(next(iter(self.hosts.values())).address)
         words = run(["ip", "-o", "route", "get", first]).stdout.split()
         if "src" not in words:
@@ -102,12 +120,68 @@ class HostsProvider:
     def setup(self) -> None:
         client_context(self.config.name)  # credentials first: nothing is made for a cluster that has none
         self.head.setup(str(HEAD))
-        local = self._local_address()
-        ensure_vxlan(self.netns, self.config.name, local, [str(h.address) for h in self.hosts.values()])
+        self._ensure_tunnels()
         (self.paths.run / "hosts").write_text(hosts_file(self.config))
         self.paths.state.mkdir(parents=True, exist_ok=True)
         if not self.file.exists():
-            write_json(self.file, {"generation": 0, "placed": {}})
+            self._save(0, {})
+
+    def _ensure_tunnels(self) -> None:
+        peers = sorted(str(h.address) for h in self.hosts.values())
+        if peers != self._tunnels:
+            ensure_vxlan(self.netns, self.config.name, self._local_address(), peers)
+            self._tunnels = peers
+
+    # ----- discovery (DNS-SD) -----
+
+    def _discover(self) -> None:
+        """Listen for agents announcing themselves on the head's address on the hosts' network (once per process)."""
+        if self.config.discover is None or self._browser is not None:
+            return
+        from zeroconf import ServiceBrowser, ServiceStateChange, Zeroconf
+
+        from accordion.providers.agent import SERVICE
+
+        zc = Zeroconf(interfaces=[str(self.config.discover)])
+
+        def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+            if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+                # Resolving waits on the network: not on zeroconf's own thread.
+                threading.Thread(target=self._found, args=(zc, service_type, name), daemon=True).start()
+
+        self._browser = (zc, ServiceBrowser(zc, SERVICE, handlers=[changed]))
+
+    def _found(self, zc: Any, service_type: str, name: str) -> None:
+        info = zc.get_service_info(service_type, name, timeout=3000)
+        if info is None or not info.parsed_addresses():
+            return
+        props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+        if props.get("cluster") != self.config.name:
+            return
+        try:
+            host = Host(name=props.get("host", ""), address=info.parsed_addresses()[0], port=info.port)
+        except ValueError as exc:
+            log.warning("ignored an announcement %s: %s", name, exc)
+            return
+        known = self.hosts.get(host.name)
+        if known is not None and (known.address, known.port) == (host.address, host.port):
+            return
+        if known is not None and host.name in {h.name for h in self.config.hosts or []}:
+            return  # the cluster file's word wins over an announcement
+        # Used only once it proves it holds this cluster's credentials for that name (enrolled).
+        try:
+            if self._ctx is None:
+                self._ctx = client_context(self.config.name)
+            AgentClient(self.config.name, host.name, host.address, host.port, self._ctx, self.timeout).call("/v1/status")
+        except ProviderError as exc:
+            log.warning("ignored host %s announced at %s:%d: %s", host.name, host.address, host.port, exc)
+            return
+        with self.lock:
+            log.info("discovered host %s at %s:%d", host.name, host.address, host.port)
+            self.hosts[host.name] = host
+            self.last_ok[host.name] = time.monotonic()
+            self.health.setdefault(host.name, {"state": "unknown"})
+            self._save(*self._load())
 
     def _peers(self, host: str) -> list[str]:
         return [self._local_address()] + [str(h.address) for name, h in self.hosts.items() if name != host]
@@ -119,13 +193,18 @@ class HostsProvider:
         )
 
     def _config_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.config.model_dump_json())
+        """The cluster file as the agents see it: with the hosts discovered so far."""
+        data: dict[str, Any] = json.loads(self.config.model_copy(update={"hosts": list(self.hosts.values())}).model_dump_json())
         return data
 
     def list(self) -> dict[str, NodeInfo]:
+        self._discover()
+        self._ensure_tunnels()
         generation, placed = self._load()
+        if not self.hosts:
+            return {}
         with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
-            futures = {h: pool.submit(self._converge, h, generation, placed) for h in self.hosts}
+            futures = {h: pool.submit(self._converge, h, generation, placed) for h in list(self.hosts)}
         now, wall = time.monotonic(), time.time()
         nodes: dict[str, NodeInfo] = {}
         silent: list[str] = []
