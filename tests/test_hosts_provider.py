@@ -105,3 +105,20 @@ def test_an_agent_refuses_a_cluster_that_does_not_list_its_host(tmp_path, monkey
     with pytest.raises(ProviderError, match="h9 is not one of cluster hp's hosts"):
         agent.converge(config, 1, [], [])
     assert not (A.agent_dir("hp") / "state.json").exists()
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="`accordion up` needs root")
+def test_up_without_enrolled_hosts_says_so_and_leaves_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"ACCORDION_STATE": str(tmp_path / "state"), "ACCORDION_RUN": str(tmp_path / "run"), "ACCORDION_SHARED": str(tmp_path / "shared")}
+    f = tmp_path / "c.yaml"
+    f.write_text("name: nocreds\nprovider: hosts\nhosts: [{name: h1, address: 127.0.0.5}]\n")
+    proc = subprocess.run([sys.executable, "-m", "accordion", "up", "-f", str(f)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "no credentials yet: enrol its hosts with `accordion enrol`" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for d in ("state", "run", "shared"):
+        assert not (tmp_path / d / "nocreds").exists()
+    assert not os.path.exists("/run/netns/acc.nocreds")

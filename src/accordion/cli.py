@@ -20,6 +20,7 @@ from rich.text import Text
 
 from accordion.cluster import Cluster, ClusterError
 from accordion.config import ConfigError, load_config
+from accordion.errors import AccordionError
 from accordion.events import read_events
 from accordion.paths import all_clusters
 
@@ -91,7 +92,7 @@ def up(
             cluster.up(lambda step: status.update(f"[bold]{config.name}[/]: {step}"))
     except OSError as exc:
         raise fail(f"{config.name}: {os_error_text(exc)}") from None
-    except (ClusterError, RuntimeError) as exc:
+    except (AccordionError, RuntimeError) as exc:  # a provider's setup fails with ProviderError
         raise fail(f"{config.name}: {exc}") from None
     total = sum(ns.max_nodes for ns in config.nodesets)
     err.print(
