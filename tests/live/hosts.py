@@ -38,11 +38,13 @@ class SimHost:
         self.mnt = sim.root / f"{self.name}.mnt"
         self.env = {**os.environ, "ACCORDION_STATE": str(self.root / "state"), "ACCORDION_RUN": str(self.root / "run")}
         self.agent: subprocess.Popen[bytes] | None = None
+        self.netns_made = False
         self.log = self.root / "agent.log"
 
     def make(self) -> None:
         sh("ip", "netns", "add", self.netns)
         sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+        self.netns_made = True
         sh("ip", "link", "set", self.veth, "master", self.sim.bridge, "up")
         sh("ip", "-n", self.netns, "link", "set", "lo", "up")
         sh("ip", "-n", self.netns, "addr", "add", f"{self.address}/24", "dev", "eth0")
@@ -100,7 +102,24 @@ class SimHost:
         return {p.name for p in d.iterdir()} if d.is_dir() else set()
 
     def destroy(self) -> None:
+        """Remove the host, and whatever a failed test left of the cluster's nodes on it."""
         self.kill(signal.SIGTERM)
+        for pid in self.node_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        scope = f"acc.{self.sim.cluster}.{self.name}"
+        if self.mnt.exists() and Path("/run/netns").is_dir():
+            for ns in Path("/run/netns").glob(f"{scope}*"):
+                sh(*self.enter(), "ip", "netns", "del", ns.name, check=False)
+                ns.unlink(missing_ok=True)
+        for top in Path("/sys/fs/cgroup").glob(f"*/accordion/{self.sim.cluster}.{self.name}"):
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
         sh("ip", "netns", "del", self.netns, check=False)
         sh("ip", "link", "del", self.veth, check=False)
         if self.mnt.exists():

@@ -46,6 +46,12 @@ def lab(tmp_path_factory):
         c.up()
         yield c, sim, cluster_file
     finally:
+        # A test that failed half-way may leave a host cut off or its agent dead: `down` needs them all.
+        for h in sim.hosts:
+            if h.netns_made:
+                h.cut(False)
+                if h.agent is None and (h.root / "state" / "agent" / name / "host.pem").exists():
+                    h.start()
         c.down()
         sim.destroy()
 

@@ -354,8 +354,11 @@ class Agent:
                     self._save()
         return self.status()
 
-    def teardown(self) -> dict[str, Any]:
+    def teardown(self, config: ClusterConfig) -> dict[str, Any]:
         with self.lock:
+            # From the head's word, not only this agent's state: an agent that lost its state file still
+            # finds and removes the nodes, namespaces and cgroups named after the cluster and this host.
+            self._runtime(config)
             if self.runtime is not None:
                 log.info("tearing down every node and the cluster network")
                 self.runtime.teardown()
@@ -414,7 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             req = json.loads(self.rfile.read(length) or b"{}")
             if self.path == "/v1/teardown":
-                self._reply(200, agent.teardown())
+                self._reply(200, agent.teardown(parse_config(req["config"], "the head's request")))
             elif self.path == "/v1/delete":
                 self._reply(200, agent.delete(str(req["name"])))
             elif self.path in ("/v1/converge", "/v1/create"):

@@ -293,7 +293,7 @@ class HostsProvider:
         errors = []
         for host in self.hosts:
             try:
-                self._client(host).call("/v1/teardown", {}, timeout=120)
+                self._client(host).call("/v1/teardown", {"config": self._config_json()}, timeout=120)
             except ProviderError as exc:
                 errors.append(f"{host}: {exc}")
         self.head.teardown()
