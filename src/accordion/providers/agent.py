@@ -34,6 +34,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -60,6 +61,7 @@ VXLAN_PORT = 4789
 MTU = 1450
 VXLAN = "vx0"
 MAX_BODY = 1 << 20
+NETWORK_CHECK = 10.0
 # The node image's entrypoint (images/node/entrypoint.sh, linked into the package): on a host, a node does
 # not share the head's munge socket; this starts munged in the node from the cluster's key, which the head
 # sends with each create, then runs the node's command.
@@ -284,6 +286,7 @@ class Agent:
         assert isinstance(state, dict)
         self.generations: dict[str, int] = dict(state.get("generations", {}))
         self.runtime: NodeRuntime | None = None
+        self._network: tuple[object, float] = (None, 0.0)  # what the last network check covered, and when
         if state.get("config"):
             self._runtime(parse_config(state["config"], str(self.state_file)))
 
@@ -318,9 +321,15 @@ class Agent:
     def converge(self, config: ClusterConfig, generation: int, wanted: list[str], peers: list[str]) -> dict[str, Any]:
         with self.lock:
             rt = self._runtime(config)
-            rt.setup(None)
-            ensure_vxlan(rt.netns, self.cluster, self.address, peers)
-            self._save()
+            # The network is checked again when the peers or the cluster change, and every NETWORK_CHECK
+            # seconds: the head converges many times a second while nodes start, and each check costs
+            # several `ip` runs on a host that is also running nodes.
+            key = (rt, tuple(sorted(peers)))
+            if key != self._network[0] or time.monotonic() - self._network[1] > NETWORK_CHECK:
+                rt.setup(None)
+                ensure_vxlan(rt.netns, self.cluster, self.address, peers)
+                self._save()
+                self._network = (key, time.monotonic())
         for name in sorted(set(rt.list()) - set(wanted)):
             with self._node_lock(name):
                 if self.generations.get(name, 0) <= generation:
@@ -368,6 +377,7 @@ class Agent:
                     except OSError:
                         pass
             self.runtime = None
+            self._network = (None, 0.0)
             self.generations = {}
             self.state_file.unlink(missing_ok=True)
         return self.status()
