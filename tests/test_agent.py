@@ -221,3 +221,16 @@ def test_a_host_to_be_discovered_is_enrolled_with_its_address(served):
 
     cert = x509.load_pem_x509_certificates(A.sign_host(found, "h4", csr, IPv4Address("127.0.0.4")))[0]
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress) == [IPv4Address("127.0.0.4")]
+
+
+def test_a_kept_connection_is_reused_and_renewed_once_the_agent_closed_it(served, monkeypatch):
+    port, calls, _ = served
+    monkeypatch.setattr(A, "IDLE", 0.3)
+    kept = A.AgentClient(CLUSTER, "h1", IPv4Address("127.0.0.1"), port, A.client_context(CLUSTER), 5, keep=True)
+    kept.call("/v1/delete", {"name": "hpc-node-0"})
+    first = kept._conn
+    kept.call("/v1/delete", {"name": "hpc-node-1"})
+    assert first is not None and kept._conn is first, "the second request should reuse the connection"
+    threading.Event().wait(1.0)  # the agent closes it as idle
+    kept.call("/v1/delete", {"name": "hpc-node-2"})
+    assert kept._conn is not first and calls == ["hpc-node-0", "hpc-node-1", "hpc-node-2"]

@@ -62,6 +62,8 @@ MTU = 1450
 VXLAN = "vx0"
 MAX_BODY = 1 << 20
 NETWORK_CHECK = 10.0
+# A connection quiet for this long (mid-handshake, or kept open by the head between listings) is closed.
+IDLE = 30.0
 # The node image's entrypoint (images/node/entrypoint.sh, linked into the package): on a host, a node does
 # not share the head's munge socket; this starts munged in the node from the cluster's key, which the head
 # sends with each create, then runs the node's command.
@@ -464,7 +466,7 @@ class _Server(ThreadingHTTPServer):
         log.warning("connection from %s ended: %s", client_address[0], sys.exc_info()[1])
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(30)
+        request.settimeout(IDLE)
         try:
             request.do_handshake()
         except (ssl.SSLError, OSError) as exc:
@@ -515,13 +517,19 @@ def serve(cluster: str, host: str, address: str, port: int, stop: threading.Even
 
 
 class AgentClient:
-    """Requests to one host's agent. A host that does not answer raises ProviderError (never an empty answer)."""
+    """Requests to one host's agent. A host that does not answer raises ProviderError (never an empty answer).
 
-    def __init__(self, cluster: str, name: str, address: IPv4Address, port: int, ctx: ssl.SSLContext, timeout: float) -> None:
+    `keep`: the connection stays open between calls (the head's listing converges every host up to ten
+    times a second while nodes start: one TLS handshake per host, not one per listing). Only for requests
+    that may be sent twice: one on a kept connection that the agent had closed is sent again on a new one."""
+
+    def __init__(self, cluster: str, name: str, address: IPv4Address, port: int, ctx: ssl.SSLContext, timeout: float, keep: bool = False) -> None:
         self.cluster, self.name, self.address, self.port, self.ctx, self.timeout = cluster, name, str(address), port, ctx, timeout
+        self.keep = keep
+        self._conn: http.client.HTTPSConnection | None = None
 
-    def call(self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
-        conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=timeout or self.timeout)
+    def _connect(self, timeout: float) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=timeout)
         try:
             conn.connect()
             # The CA vouches for the address; the name must be the host's too (one host cannot pose as another).
@@ -529,6 +537,20 @@ class AgentClient:
             names = [str(attr[1]) for rdn in (cert or {}).get("subject", ()) for attr in rdn if attr[0] == "commonName"]
             if names != [self.name]:
                 raise ProviderError(f"agent at {self.address}:{self.port} is {', '.join(names) or 'unnamed'}, not host {self.name}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def call(self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        wait = timeout or self.timeout
+        reused, conn = self._conn is not None, self._conn
+        self._conn = None
+        try:
+            if conn is None:
+                conn = self._connect(wait)
+            elif conn.sock is not None:
+                conn.sock.settimeout(wait)
             if body is None:
                 conn.request("GET", path)
             else:
@@ -536,8 +558,18 @@ class AgentClient:
             resp = conn.getresponse()
             data = json.loads(resp.read() or b"{}")
         except (OSError, http.client.HTTPException, ValueError) as exc:
+            if conn is not None:
+                conn.close()
+            if reused:
+                return self.call(path, body, timeout)
             raise ProviderError(f"agent at {self.address}:{self.port} did not answer: {exc}") from None
-        finally:
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if self.keep and not resp.will_close:
+            self._conn = conn
+        else:
             conn.close()
         if resp.status != 200:
             raise ProviderError(f"agent at {self.address}:{self.port}: {data.get('error', resp.status)}")

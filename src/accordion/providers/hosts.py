@@ -61,6 +61,7 @@ class HostsProvider:
         self.timeout = max(0.5, min(3.0, config.host_timeout / 3))
         self._browser: Any = None
         self._tunnels: list[str] = []
+        self._listing: dict[str, AgentClient] = {}
 
     # ----- the head's record of placement -----
 
@@ -90,11 +91,14 @@ class HostsProvider:
     def placed(self) -> dict[str, str]:
         return self._load()[1]
 
-    def _client(self, host: str) -> AgentClient:
+    def _context(self) -> Any:
         if self._ctx is None:
             self._ctx = client_context(self.config.name)
+        return self._ctx
+
+    def _client(self, host: str) -> AgentClient:
         h = self.hosts[host]
-        return AgentClient(self.config.name, h.name, h.address, h.port, self._ctx, self.timeout)
+        return AgentClient(self.config.name, h.name, h.address, h.port, self._context(), self.timeout)
 
     # ----- Provider -----
 
@@ -170,9 +174,7 @@ class HostsProvider:
             return  # the cluster file's word wins over an announcement
         # Used only once it proves it holds this cluster's credentials for that name (enrolled).
         try:
-            if self._ctx is None:
-                self._ctx = client_context(self.config.name)
-            AgentClient(self.config.name, host.name, host.address, host.port, self._ctx, self.timeout).call("/v1/status")
+            AgentClient(self.config.name, host.name, host.address, host.port, self._context(), self.timeout).call("/v1/status")
         except ProviderError as exc:
             log.warning("ignored host %s announced at %s:%d: %s", host.name, host.address, host.port, exc)
             return
@@ -187,7 +189,11 @@ class HostsProvider:
         return [self._local_address()] + [str(h.address) for name, h in self.hosts.items() if name != host]
 
     def _converge(self, host: str, generation: int, placed: dict[str, str]) -> dict[str, Any]:
-        return self._client(host).call(
+        # One kept connection per host for the listing (only list() converges, one call per host at a time).
+        client = self._listing.get(host)
+        if client is None or client.address != str(self.hosts[host].address) or client.port != self.hosts[host].port:
+            client = self._listing[host] = AgentClient(self.config.name, host, self.hosts[host].address, self.hosts[host].port, self._context(), self.timeout, keep=True)
+        return client.call(
             "/v1/converge",
             {"config": self._config_json(), "generation": generation, "nodes": sorted(n for n, h in placed.items() if h == host), "peers": self._peers(host)},
         )
