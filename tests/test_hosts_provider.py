@@ -122,3 +122,23 @@ def test_up_without_enrolled_hosts_says_so_and_leaves_nothing(tmp_path):
     for d in ("state", "run", "shared"):
         assert not (tmp_path / d / "nocreds").exists()
     assert not os.path.exists("/run/netns/acc.nocreds")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"provider": "hosts"}, "needs a list of hosts"),
+        ({"hosts": [{"name": "h1", "address": "127.0.0.1"}]}, "only used with provider 'hosts'"),
+        ({"discover": "127.0.0.1"}, "only used with provider 'hosts'"),
+        ({"provider": "hosts", "hosts": [{"name": "h1", "address": "127.0.0.1"}, {"name": "h1", "address": "127.0.0.2"}]}, "host name must be unique, repeated: h1"),
+        ({"provider": "hosts", "hosts": [{"name": "h1", "address": "127.0.0.1"}, {"name": "h2", "address": "127.0.0.1"}]}, "host address must be unique"),
+        ({"provider": "hosts", "hosts": [{"name": "h1", "address": "nowhere"}]}, "hosts[0].address"),
+        ({"provider": "hosts", "hosts": [{"name": "h1", "address": "127.0.0.1"}], "placement": "random"}, "placement: 'random' is not allowed"),
+    ],
+)
+def test_the_cluster_file_names_the_bad_field(data, message):
+    from accordion.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert message in str(err.value)
