@@ -4,7 +4,11 @@ cold: no node exists when `sbatch` is called; warm: an idle node exists. The tim
 `sbatch` runs to the first line of the job script running on its node (the job writes its own clock;
 nodes share the host's clock). Prints median, p95 and the cold/warm ratio.
 
-    python bench/coldstart.py [--scheduler slurm|oar] [--runs 10] [--nodes 1]
+    python bench/coldstart.py [--scheduler slurm|oar] [--runs 10] [--nodes 1] [--provider local|hosts [--hosts 3]]
+
+With `--provider hosts`, the nodes run on hosts simulated on this machine (tests/live/hosts.py: a network
+namespace, mount namespace, state directory and `accordion agent` each), reached over mutual TLS and joined
+by VXLAN.
 """
 
 from __future__ import annotations
@@ -36,13 +40,32 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--nodes", type=int, default=1, help="nodes per job (cold start creates all of them)")
     ap.add_argument("--scheduler", choices=["slurm", "oar"], default="slurm")
+    ap.add_argument("--provider", choices=["local", "hosts"], default="local")
+    ap.add_argument("--hosts", type=int, default=3, help="simulated hosts (--provider hosts)")
     args = ap.parse_args()
 
     name = f"bench-{uuid.uuid4().hex[:4]}"
     cfg = Path(f"/tmp/{name}.yaml")
     ns = {"name": "compute", "name_base": "hpc-node", "max_nodes": max(2, args.nodes), "cpus": 2, "memory_mb": 512, "idle_timeout": 3600}
-    cfg.write_text(yaml.safe_dump({"name": name, "scheduler": args.scheduler, "nodesets": [ns]}))
-    accordion("up", "-f", str(cfg))
+    cluster_file: dict[str, object] = {"name": name, "scheduler": args.scheduler, "nodesets": [ns]}
+    sim = None
+    if args.provider == "hosts":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.live.hosts import SimHosts
+
+        sim = SimHosts(name, args.hosts, Path("/tmp"))
+        sim.make()
+        cluster_file |= sim.config()
+    cfg.write_text(yaml.safe_dump(cluster_file))
+    try:
+        for h in sim.hosts if sim else []:
+            h.enrol(cfg)
+            h.start()
+        accordion("up", "-f", str(cfg))
+    except BaseException:
+        if sim:
+            sim.destroy()
+        raise
     shared = Path("/srv/accordion") / name
     shared.chmod(0o1777)
     nodes_dir = Path("/run/accordion") / name / "nodes"
@@ -74,9 +97,14 @@ def main() -> None:
             time.sleep(0.005)
         return float(stamp.read_text()) - t0
 
+    def node_count() -> int:
+        if sim is not None:
+            return sum(len(h.nodes()) for h in sim.hosts)
+        return len(list(nodes_dir.iterdir()) if nodes_dir.exists() else [])
+
     def wait_nodes(count: int) -> None:
         deadline = time.monotonic() + 60
-        while len(list(nodes_dir.iterdir()) if nodes_dir.exists() else []) != count:
+        while node_count() != count:
             if time.monotonic() > deadline:
                 raise SystemExit(f"node count did not reach {count}")
             time.sleep(0.05)
@@ -95,9 +123,12 @@ def main() -> None:
             print(f"run {i + 1}/{args.runs}: cold {cold[-1]:.3f} s, warm {warm[-1]:.3f} s", flush=True)
     finally:
         accordion("down", "-c", name)
+        if sim:
+            sim.destroy()
         cfg.unlink(missing_ok=True)
     cm, wm = statistics.median(cold), statistics.median(warm)
-    print(f"\n{args.scheduler}, {args.nodes}-node job, {args.runs} runs each (submission -> job script running)")
+    where = f"{args.hosts} simulated hosts" if sim else "one machine"
+    print(f"\n{args.scheduler} on {where}, {args.nodes}-node job, {args.runs} runs each (submission -> job script running)")
     print(f"cold start: median {cm:.3f} s, p95 {p95(cold):.3f} s, min {min(cold):.3f} s, max {max(cold):.3f} s")
     print(f"warm start: median {wm:.3f} s, p95 {p95(warm):.3f} s, min {min(warm):.3f} s, max {max(warm):.3f} s")
     print(f"cold/warm ratio (medians): {cm / wm:.2f}")

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from accordion.cluster import Cluster, ClusterError
 from accordion.config import ConfigError, load_config
+from accordion.errors import AccordionError
 from accordion.events import read_events
 from accordion.paths import all_clusters
 
@@ -91,7 +92,7 @@ def up(
             cluster.up(lambda step: status.update(f"[bold]{config.name}[/]: {step}"))
     except OSError as exc:
         raise fail(f"{config.name}: {os_error_text(exc)}") from None
-    except (ClusterError, RuntimeError) as exc:
+    except (AccordionError, RuntimeError) as exc:  # a provider's setup fails with ProviderError
         raise fail(f"{config.name}: {exc}") from None
     total = sum(ns.max_nodes for ns in config.nodesets)
     err.print(
@@ -184,6 +185,8 @@ def status_document(c: Cluster, recent: int = 8) -> dict[str, Any]:
         "stale": age is None or controller != "running" or age > stale_after(c),
         "nodesets": sets,
         "events": events,
+        # provider hosts: each host's health (up, not answering, lost), capacity and nodes.
+        **({"hosts": health()} if (health := getattr(c.provider, "host_health", None)) else {}),
     }
 
 
@@ -237,6 +240,8 @@ def _status_view(doc: dict[str, Any]) -> Group:
             parts.append(f"  {s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["node_states"].items()))
         if s["pending_reasons"]:
             parts.append(f"  {s['name']} waiting: " + "; ".join(s["pending_reasons"]))
+    for name, h in doc.get("hosts", {}).items():
+        parts.append(f"  host {name}: {h.get('state', 'unknown')}, nodes: {', '.join(h.get('nodes', [])) or 'none'}" + (f" ({h['error']})" if h.get("error") else ""))
     if doc["events"]:
         parts.append("[bold]recent events[/]")
         parts += [Text("  " + _format_event(e)) for e in doc["events"]]
@@ -413,6 +418,55 @@ def supervise(cluster: ClusterOpt = None) -> None:
     c = _load(cluster)
     setup_logging(c.config.name, c.config.controller.log_format)
     Supervisor(c.controller_argv(), c.paths, c.events).run()
+
+
+@app.command()
+def agent(
+    cluster: Annotated[str, typer.Option("--cluster", "-c", help="The cluster this host serves.")],
+    host: Annotated[str, typer.Option("--host", help="This host's name in the cluster file's hosts.")],
+    address: Annotated[str, typer.Option("--address", help="This host's address in the cluster file (where the agent listens).")],
+    port: Annotated[int, typer.Option("--port", help="TCP port of the agent.")] = 7471,
+    install: Annotated[Path | None, typer.Option("--install", help="Install the certificate bundle made by `accordion enrol`, then exit.")] = None,
+    announce: Annotated[bool, typer.Option("--announce/--no-announce", help="Announce this agent with DNS-SD on the interface of --address.")] = True,
+) -> None:
+    """Run this host's agent for provider `hosts` (its first run says how to enrol the host)."""
+    from accordion.providers import agent as host_agent
+
+    _need_root()
+    if install is not None:
+        try:
+            host_agent.install_bundle(cluster, install.read_bytes())
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        err.print(f"host {host} enrolled in cluster {cluster}")
+        return
+    if not host_agent.enrolled(cluster):
+        err.print(host_agent.enrolment_help(cluster, host), highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host_agent.run_agent(cluster, host, address, port, announce)
+
+
+@app.command()
+def enrol(
+    host: Annotated[str, typer.Argument(help="The host's name in the cluster file.")],
+    file: Annotated[Path, typer.Option("--file", "-f", help="The cluster file.")],
+    csr: Annotated[Path, typer.Option("--csr", help="The signing request `accordion agent` made on the host.")],
+    address: Annotated[str | None, typer.Option("--address", help="The address of a host to be discovered (not in the cluster file).")] = None,
+) -> None:
+    """On the head: sign a host's request with the cluster's CA; prints the bundle for `accordion agent --install`."""
+    import ipaddress
+
+    from accordion.providers import agent as host_agent
+
+    _need_root()
+    try:
+        where = None if address is None else ipaddress.IPv4Address(address)
+        sys.stdout.buffer.write(host_agent.sign_host(load_config(file), host, csr.read_bytes(), where))
+    except ValueError as exc:
+        raise fail(f"--address: {exc}") from None
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 def main() -> None:

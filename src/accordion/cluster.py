@@ -27,6 +27,7 @@ REQUIRED = {
     "oar": ["Almighty", "oarsub", "oarnodesetting", "psql", "sshd", "ssh-keygen", "unshare"],
     "local": ["runc", "catatonit", "ip", "nsenter", "setpriv"],
     "kubernetes": [],
+    "hosts": ["ip", "bridge", "nsenter"],
 }
 
 Progress = Callable[[str], None]

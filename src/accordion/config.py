@@ -7,6 +7,7 @@ configuration, so names are restricted to what all of those accept.
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -109,13 +110,33 @@ class KubernetesSettings(BaseModel):
     network_namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+class Host(BaseModel):
+    """A machine running `accordion agent` (provider: hosts). Capacity not given is what the agent measures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=CLUSTER_NAME)
+    address: IPv4Address  # where its agent listens, and its end of the cluster network's VXLAN tunnels
+    port: int = Field(default=7471, ge=1, le=65535)
+    cpus: int | None = Field(default=None, ge=1, le=4096)
+    memory_mb: int | None = Field(default=None, ge=64, le=64 * 1024 * 1024)
+
+
 class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="accordion", pattern=CLUSTER_NAME)
     scheduler: Literal["slurm", "oar"] = "slurm"
-    provider: Literal["local", "kubernetes"] = "local"
+    provider: Literal["local", "kubernetes", "hosts"] = "local"
     kubernetes: KubernetesSettings | None = None
+    # provider hosts: the machines nodes run on, how nodes are spread over them, and how long a host may
+    # stay silent before its nodes are reported lost.
+    hosts: list[Host] | None = Field(default=None, min_length=1, max_length=256)
+    placement: Literal["spread", "pack"] = "spread"
+    host_timeout: Seconds = Field(default=10.0, gt=0, le=3600)
+    # The head's address on the hosts' network: hosts announcing themselves there with DNS-SD are added,
+    # once they prove they hold the cluster's credentials (enrolled).
+    discover: IPv4Address | None = None
     nodesets: list[NodeSet] = Field(
         default_factory=lambda: [NodeSet(name="compute", name_base="hpc-node")], min_length=1, max_length=32
     )
@@ -131,6 +152,15 @@ class ClusterConfig(BaseModel):
                 raise ValueError(f"node set {label} must be unique, repeated: {', '.join(dupes)}")
         if sum(ns.max_nodes for ns in self.nodesets) > 4000:
             raise ValueError("the node sets' max_nodes add up to more than 4000")
+        if self.provider == "hosts":
+            if not self.hosts and self.discover is None:
+                raise ValueError("provider 'hosts' needs a list of hosts (name and address of each), or discover")
+            for label, values in (("name", [h.name for h in self.hosts or []]), ("address", [str(h.address) for h in self.hosts or []])):
+                dupes = sorted({v for v in values if values.count(v) > 1})
+                if dupes:
+                    raise ValueError(f"host {label} must be unique, repeated: {', '.join(dupes)}")
+        elif self.hosts is not None or self.discover is not None:
+            raise ValueError(f"hosts and discover are only used with provider 'hosts' (provider is {self.provider!r})")
         if self.provider == "kubernetes":
             if self.scheduler != "slurm":
                 raise ValueError("provider 'kubernetes' runs scheduler 'slurm' only (no OAR node image yet)")

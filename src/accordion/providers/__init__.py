@@ -16,4 +16,8 @@ def make_provider(config: ClusterConfig, paths: ClusterPaths) -> Provider:
         from accordion.providers.kubernetes import KubernetesProvider
 
         return KubernetesProvider(config, paths)
+    if config.provider == "hosts":
+        from accordion.providers.hosts import HostsProvider
+
+        return HostsProvider(config, paths)
     raise ValueError(f"unknown provider {config.provider!r}")

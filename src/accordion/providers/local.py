@@ -34,6 +34,10 @@ BRIDGE = "br0"
 # `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
 START_TIMEOUT = 30
 
+# Where a node on an agent's host finds the node image's entrypoint (see NodeRuntime.entrypoint): on the
+# node's /run tmpfs, out of the host's tree.
+ENTRYPOINT = "/run/accordion-node-entrypoint"
+
 # OCI spells capabilities with their CAP_ prefix.
 CAPABILITIES = [f"CAP_{c}" for c in NODE_CAPABILITIES]
 
@@ -71,38 +75,72 @@ HIDDEN_DIRS = [
 # host key from the OAR adapter.
 
 
-class LocalProvider:
-    def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
+def node_address(index: int) -> str:
+    """The cluster address of the node at `index` in its cluster's node list (the same on every host)."""
+    return str(NETWORK.network_address + FIRST_NODE + index)
+
+
+def hosts_file(config: ClusterConfig) -> str:
+    lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{config.name}-head"]
+    lines += [f"{node_address(i)}\t{n}" for i, n in enumerate(config.all_nodes())]
+    return "\n".join(lines) + "\n"
+
+
+def enter_netns(netns: str) -> list[str]:
+    """A command prefix that runs a program in network namespace `netns` (none if already there)."""
+    try:
+        here, there = os.stat("/proc/self/ns/net"), os.stat(f"/run/netns/{netns}")
+        if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+            return []
+    except OSError:
+        pass
+    # `ip netns exec` would remount /sys and hide the cgroup tree; nsenter only switches the network.
+    return ["nsenter", f"--net=/run/netns/{netns}"]
+
+
+class NodeRuntime:
+    """One cluster's node containers on one machine: what the local provider runs on its own host and what
+    `accordion agent` runs on each host of provider `hosts`.
+
+    `scope` names everything it makes on the machine (network namespaces `acc.<scope>[.<node>]`, cgroups
+    `accordion/<scope>/<node>`): the cluster's name for the local provider, `<cluster>.<host>` for an agent,
+    so that hosts simulated on one machine, or a node moved between hosts, never collide. `run` holds its
+    volatile files (runc state, node roots), `logs` the nodes' output."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        scope: str,
+        run: Path,
+        logs: Path,
+        *,
+        bridge_mac: str = "02:ac:00:00:00:01",
+        mtu: int | None = None,
+        entrypoint: Path | None = None,
+    ) -> None:
         self.config = config
-        self.paths = paths
-        self.netns = f"acc.{config.name}"
+        self.scope = scope
+        self.run = run
+        self.nodes = run / "nodes"
+        self.logs = logs
+        self.netns = f"acc.{scope}"
+        self.bridge_mac = bridge_mac
+        self.mtu = mtu
+        # Set on a machine that does not share the head's sockets (an agent's host): nodes get the spec's
+        # secrets as files instead of the head-only binds, and run their command through this program,
+        # which starts what those sockets stood for (munged, from the delivered key): the node image's
+        # entrypoint, the same as Pods run.
+        self.entrypoint = entrypoint
         self._index = {name: i for i, name in enumerate(config.all_nodes())}
 
     def _runc(self) -> list[str]:
-        return ["runc", "--root", str(self.paths.run / "runc")]
-
-    def head_address(self) -> str:
-        return str(HEAD)
+        return ["runc", "--root", str(self.run / "runc")]
 
     def address(self, node: str) -> str:
-        return str(NETWORK.network_address + FIRST_NODE + self._index[node])
+        return node_address(self._index[node])
 
-    def enter(self) -> list[str]:
-        try:
-            here, there = os.stat("/proc/self/ns/net"), os.stat(f"/run/netns/{self.netns}")
-            if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
-                return []
-        except OSError:
-            pass
-        # `ip netns exec` would remount /sys and hide the cgroup tree; nsenter only switches the network.
-        return ["nsenter", f"--net=/run/netns/{self.netns}"]
-
-    def hosts_file(self) -> str:
-        lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{self.config.name}-head"]
-        lines += [f"{self.address(n)}\t{n}" for n in self.config.all_nodes()]
-        return "\n".join(lines) + "\n"
-
-    def setup(self) -> None:
+    def setup(self, address: str | None) -> None:
+        """The cluster's bridge in its own network namespace, with `address` (the head's) if given."""
         if not Path(f"/run/netns/{self.netns}").exists():
             run(["ip", "netns", "add", self.netns])
         ip = ["ip", "-n", self.netns]
@@ -111,22 +149,22 @@ class LocalProvider:
             run(ip + ["link", "add", BRIDGE, "type", "bridge"])
             # A bridge without a fixed MAC takes its lowest port's, so adding a node could change the
             # gateway's MAC and stall every node's connection to the server for seconds.
-            run(ip + ["link", "set", BRIDGE, "address", "02:ac:00:00:00:01"])
-            run(ip + ["addr", "add", f"{HEAD}/{NETWORK.prefixlen}", "dev", BRIDGE])
+            run(ip + ["link", "set", BRIDGE, "address", self.bridge_mac])
+            if address is not None:
+                run(ip + ["addr", "add", f"{address}/{NETWORK.prefixlen}", "dev", BRIDGE])
         run(ip + ["link", "set", BRIDGE, "up"])
-        (self.paths.run / "runc").mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.paths.nodes.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.paths.run / "hosts").write_text(self.hosts_file())
+        (self.run / "runc").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.nodes.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def teardown(self) -> None:
         for name in sorted(self.list()):
             self.delete(name)
-        if self.paths.nodes.is_dir():
-            for leftover in self.paths.nodes.iterdir():
+        if self.nodes.is_dir():
+            for leftover in self.nodes.iterdir():
                 self.delete(leftover.name)
         if Path(f"/run/netns/{self.netns}").exists():
             run(["ip", "netns", "del", self.netns], check=False)
-        for top in Path("/sys/fs/cgroup").glob(f"*/accordion/{self.config.name}"):
+        for top in Path("/sys/fs/cgroup").glob(f"*/accordion/{self.scope}"):
             # Deepest first: a cgroup directory can only be removed once it has no children.
             for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top, top.parent]:
                 try:
@@ -135,38 +173,39 @@ class LocalProvider:
                     pass
 
     def _node_dir(self, name: str) -> Path:
-        return self.paths.nodes / name
+        return self.nodes / name
 
     def _node_netns(self, name: str) -> str:
-        return f"acc.{self.config.name}.{name}"
+        return f"acc.{self.scope}.{name}"
 
     def _mac(self, name: str) -> str:
         i = self._index[name] + 2
         return f"02:ac:00:00:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
 
-    def create(self, spec: NodeSpec) -> None:
+    def create(self, spec: NodeSpec, secrets: dict[str, bytes] | None = None) -> None:
+        """`secrets`: the contents of `spec.secrets` (target path in the node -> bytes), with `entrypoint`."""
         if spec.name not in self._index:
             raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
         self.delete(spec.name)
         try:
-            self._create(spec)
+            self._create(spec, secrets or {})
         except Exception:
             self.delete(spec.name)
             raise
 
-    def _create(self, spec: NodeSpec) -> None:
+    def _create(self, spec: NodeSpec, secrets: dict[str, bytes]) -> None:
         name = spec.name
         node_dir = self._node_dir(name)
         node_dir.mkdir(parents=True, mode=0o700)
         (node_dir / "created").write_text(f"{time.time()}\n")
         self._network(name)
-        rootfs = self._rootfs(spec)
+        rootfs = self._rootfs(spec, secrets)
         bundle = node_dir / "bundle"
         bundle.mkdir()
         (bundle / "config.json").write_text(json.dumps(self._oci_spec(spec, rootfs)))
-        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         launcher = node_dir / "runc.pid"
-        with open(self.paths.logs / f"{name}.log", "ab", opener=private) as log:
+        with open(self.logs / f"{name}.log", "ab", opener=private) as log:
             # Its own process group, recorded: `delete` (from any process, after a controller restart too)
             # can kill a start that hangs.
             proc = subprocess.Popen(
@@ -183,7 +222,7 @@ class LocalProvider:
         finally:
             launcher.unlink(missing_ok=True)
         if code != 0:
-            tail = (self.paths.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
+            tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise ProviderError(f"runc could not start node {name}: {' | '.join(tail)}")
 
     def _network(self, name: str) -> None:
@@ -196,9 +235,13 @@ class LocalProvider:
         run(inside + ["link", "set", "lo", "up"])
         run(inside + ["link", "set", "eth0", "address", self._mac(name)])
         run(inside + ["addr", "add", f"{self.address(name)}/{NETWORK.prefixlen}", "dev", "eth0"])
+        if self.mtu is not None:
+            # Frames leaving through a VXLAN tunnel lose its overhead: the bridge would drop bigger ones.
+            run(["ip", "-n", self.netns, "link", "set", veth, "mtu", str(self.mtu)])
+            run(inside + ["link", "set", "eth0", "mtu", str(self.mtu)])
         run(inside + ["link", "set", "eth0", "up"])
 
-    def _rootfs(self, spec: NodeSpec) -> Path:
+    def _rootfs(self, spec: NodeSpec, secrets: dict[str, bytes]) -> Path:
         node_dir = self._node_dir(spec.name)
         scratch = node_dir / "scratch"
         scratch.mkdir()
@@ -208,7 +251,13 @@ class LocalProvider:
         for sub in ("layer/etc", "layer/var/spool/slurmd", "upper", "work"):
             (scratch / sub).mkdir(parents=True)
         (layer / "etc" / "hostname").write_text(spec.name + "\n")
-        (layer / "etc" / "hosts").write_text(self.hosts_file())
+        (layer / "etc" / "hosts").write_text(hosts_file(self.config))
+        for target, data in secrets.items():
+            # On the node's own tmpfs, root-only: readable by the entrypoint, gone with the node.
+            path = layer / Path(target).relative_to("/")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(path, "wb", opener=lambda p, f: os.open(p, f, 0o400)) as out:
+                out.write(data)
         # The accounts stay (PAM's account check, as in `su` from root, fails for a user missing from
         # /etc/shadow), their password hashes do not.
         for name in ("/etc/shadow", "/etc/gshadow"):
@@ -256,23 +305,27 @@ class LocalProvider:
         for path in hidden:
             if os.path.isdir(path):
                 mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})
+        if self.entrypoint is not None:
+            mounts.append({"destination": ENTRYPOINT, "type": "bind", "source": str(self.entrypoint), "options": ["bind", "ro", "nosuid", "nodev"]})
         homes = self._node_dir(spec.name) / "scratch/home"
         if homes.is_dir():
             mounts.append({"destination": "/home", "type": "bind", "source": str(homes), "options": ["bind", "rw", "nosuid", "nodev"]})
         # Directories from the head bring no set-user-ID program or device node into the node. `bind`, not
         # `rbind`: runc applies these flags to the bind itself only, not to mounts under its source.
         for b in spec.binds:
+            if b.head_only and self.entrypoint is not None:
+                continue
             options = ["bind", "ro" if b.readonly else "rw", "nosuid", "nodev"]
             mounts.append({"destination": b.target, "type": "bind", "source": b.source, "options": options})
         caps = list(CAPABILITIES)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"} | spec.env
-        cgroup = f"/accordion/{self.config.name}/{spec.name}"
+        cgroup = f"/accordion/{self.scope}/{spec.name}"
         return {
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": False,
                 "user": {"uid": 0, "gid": 0},
-                "args": ["/usr/bin/catatonit", "--", *spec.command],
+                "args": ["/usr/bin/catatonit", "--", *([ENTRYPOINT] if self.entrypoint is not None else []), *spec.command],
                 "env": [f"{k}={v}" for k, v in env.items()],
                 "cwd": "/",
                 "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
@@ -313,7 +366,7 @@ class LocalProvider:
     def delete(self, name: str) -> None:
         self._kill_launcher(name)
         runc = self._runc()
-        if (self.paths.run / "runc" / name).exists():
+        if (self.run / "runc" / name).exists():
             run(runc + ["kill", name, "KILL"], check=False)
             for _ in range(50):
                 if run(runc + ["delete", "--force", name], check=False).returncode == 0:
@@ -350,7 +403,7 @@ class LocalProvider:
 
     def list(self) -> dict[str, NodeInfo]:
         nodes: dict[str, NodeInfo] = {}
-        if not self.paths.nodes.is_dir():
+        if not self.nodes.is_dir():
             return nodes
         # A listing that fails is an error, never "no containers": the controller would delete every node.
         try:
@@ -358,13 +411,50 @@ class LocalProvider:
             states = {c["id"]: c["status"] for c in json.loads(listing or "null") or []}
         except (CommandError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
-        for node_dir in self.paths.nodes.iterdir():
+        for node_dir in self.nodes.iterdir():
             try:
                 created = float((node_dir / "created").read_text())
             except (OSError, ValueError):
                 created = node_dir.stat().st_mtime
             nodes[node_dir.name] = NodeInfo(node_dir.name, states.get(node_dir.name) == "running", created)
         return nodes
+
+
+
+
+class LocalProvider:
+    """Every node on this machine, on a bridge that also holds the head's address."""
+
+    def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.runtime = NodeRuntime(config, config.name, paths.run, paths.logs)
+        self.netns = self.runtime.netns
+
+    def head_address(self) -> str:
+        return str(HEAD)
+
+    def address(self, node: str) -> str:
+        return self.runtime.address(node)
+
+    def enter(self) -> list[str]:
+        return enter_netns(self.netns)
+
+    def setup(self) -> None:
+        self.runtime.setup(str(HEAD))
+        (self.paths.run / "hosts").write_text(hosts_file(self.config))
+
+    def teardown(self) -> None:
+        self.runtime.teardown()
+
+    def create(self, spec: NodeSpec) -> None:
+        self.runtime.create(spec)
+
+    def delete(self, name: str) -> None:
+        self.runtime.delete(name)
+
+    def list(self) -> dict[str, NodeInfo]:
+        return self.runtime.list()
 
 
 def _hidden_files() -> list[Path]:

@@ -1,0 +1,1 @@
+../../../images/node/entrypoint.sh
