@@ -56,6 +56,21 @@ def test_easy_backfill_on_spare_nodes():
     assert waits(run(jobs, nodes=4, **STATIC)) == [0, 99, 0]
 
 
+def test_easy_counts_every_job_ending_at_the_reservation_as_spare():
+    # 5 nodes: A and B take 2 each until 100, one node is idle. C (3 nodes) is reserved for 100: A's end
+    # alone is enough, but B ends at that same moment, so 1 + 2 + 2 - 3 = 2 nodes are spare then, as EASY
+    # counts them. D (1 node, 500 s) runs past 100 on a spare node: it starts at once, and C still at 100.
+    jobs = [job(1, 0, 2, 100), job(2, 0, 2, 100), job(3, 1, 3, 10), job(4, 2, 1, 500)]
+    assert waits(run(jobs, nodes=5, **STATIC)) == [0, 0, 99, 0]
+
+
+def test_easy_spare_nodes_stop_at_the_reservation():
+    # As above but B ends at 101, after C's reservation: at 100 no node is spare (1 + 2 - 3), so D, which
+    # would hold its node past 100, waits; C takes the three nodes free at 100 and D gets one of B's at 101.
+    jobs = [job(1, 0, 2, 100), job(2, 0, 2, 101), job(3, 1, 3, 10), job(4, 2, 1, 500)]
+    assert waits(run(jobs, nodes=5, **STATIC)) == [0, 0, 99, 99]
+
+
 def test_estimate_not_run_time_drives_the_reservation():
     # C really ends at 52, but asks for 200 s: the scheduler must assume 202 and hold it back.
     jobs = [job(1, 0, 2, 100), job(2, 1, 3, 10), job(3, 2, 1, 50, estimate=200)]

@@ -245,12 +245,19 @@ class Simulation:
     # ----- the batch scheduler -----
 
     def _reservation(self, need: int, t: float) -> tuple[float, int]:
-        """EASY: when the head job can start by running jobs' estimates, and nodes spare at that time."""
+        """EASY: when the head job can start by running jobs' estimates (the shadow time), and nodes spare at
+        that time: every job estimated to end by then frees its nodes, those ending at that very moment too."""
         avail = len(self.idle)
+        shadow = math.inf
         for end, j in self.by_end:
+            end = max(end, t)  # a job past its estimate is expected to end now
+            if end > shadow:
+                return shadow, avail - need
             avail += self.usable[j]
             if avail >= need:
-                return max(end, t), avail - need
+                shadow = end
+        if shadow < math.inf:
+            return shadow, avail - need
         # Not enough nodes up even once all running jobs end: no reservation, as Slurm does while nodes are down.
         return math.inf, 0
 
