@@ -1,8 +1,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
-from accordion.policy import by_name, decide, fcfs, longest_absent, node_order
+from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop, index_nodes, node_order
+from accordion.policy import decide, fcfs
 
 SPEC = NodeSetSpec("c", min_nodes=0, max_nodes=4, cpus=2, idle_timeout=60)
 
@@ -266,13 +266,19 @@ def test_same_plans_as_the_plain_policy(specs, ns, js, now):
 
 
 @settings(max_examples=300, deadline=None)
-@given(ns=random_nodes, first=st.one_of(st.none(), st.integers(0, 15)), in_order=st.booleans())
-def test_node_orders(ns, first, in_order):
-    if in_order:  # the simulator's snapshots are already in name order: a shortcut
-        ns = sorted(ns, key=lambda n: node_order(n.name))
-    assert by_name(ns, first) == sorted(ns, key=lambda n: node_order(n.name))[:first]
-    by_since = sorted(sorted(ns, key=lambda n: node_order(n.name)), key=lambda n: n.since)
-    assert longest_absent(ns, first) == by_since[:first]
+@given(ns=random_nodes)
+def test_snapshot_index_orders(ns):
+    """A snapshot built without an index indexes its nodes itself, in the orders the policy relies on."""
+    index = Snapshot(0.0, (), tuple(ns), ()).index
+    assert index == index_nodes(ns)
+    for nodeset, g in index.items():
+        mine = sorted((n for n in ns if n.nodeset == nodeset), key=lambda n: node_order(n.name))
+        of = lambda *states: tuple(n for n in mine if n.state in states)  # noqa: E731
+        assert g.starting == of(NodeState.STARTING) and g.idle == of(NodeState.IDLE)
+        assert g.busy == of(NodeState.BUSY, NodeState.UNRESPONSIVE)
+        assert g.partly_free == tuple(n for n in of(NodeState.BUSY) if n.free_cpus > 0)
+        assert g.absent == tuple(sorted(of(NodeState.ABSENT), key=lambda n: n.since))
+        assert g.draining == len(of(NodeState.DRAINING))
 
 
 @settings(max_examples=300, deadline=None)
