@@ -10,7 +10,6 @@ the median of each and their ratio (target: array / separate <= 1.2).
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import uuid
 from pathlib import Path
 
 import yaml
+
+from accordion.units import percentile
 
 
 def accordion(*args: str) -> str:
@@ -68,7 +69,7 @@ def main() -> None:
             seconds = round_trip(args.tasks, kind == "array")
             results[kind].append(seconds)
             print(f"round {r + 1}: {kind:<8} {args.tasks} tasks running after {seconds:.1f} s", flush=True)
-    array, separate = statistics.median(results["array"]), statistics.median(results["separate"])
+    array, separate = percentile(results["array"], 0.5), percentile(results["separate"], 0.5)
     print(f"median: array {array:.1f} s, separate jobs {separate:.1f} s, ratio {array / separate:.2f} (target <= 1.2)")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import statistics
 import subprocess
 import sys
 import time
@@ -25,14 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from accordion.units import percentile
+
 
 def accordion(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "accordion", *args], check=True, capture_output=True, text=True)
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -126,11 +122,11 @@ def main() -> None:
         if sim:
             sim.destroy()
         cfg.unlink(missing_ok=True)
-    cm, wm = statistics.median(cold), statistics.median(warm)
+    cm, wm = percentile(cold, 0.5), percentile(warm, 0.5)
     where = f"{args.hosts} simulated hosts" if sim else "one machine"
     print(f"\n{args.scheduler} on {where}, {args.nodes}-node job, {args.runs} runs each (submission -> job script running)")
-    print(f"cold start: median {cm:.3f} s, p95 {p95(cold):.3f} s, min {min(cold):.3f} s, max {max(cold):.3f} s")
-    print(f"warm start: median {wm:.3f} s, p95 {p95(warm):.3f} s, min {min(warm):.3f} s, max {max(warm):.3f} s")
+    print(f"cold start: median {cm:.3f} s, p95 {percentile(cold, 0.95):.3f} s, min {min(cold):.3f} s, max {max(cold):.3f} s")
+    print(f"warm start: median {wm:.3f} s, p95 {percentile(warm, 0.95):.3f} s, min {min(warm):.3f} s, max {max(warm):.3f} s")
     print(f"cold/warm ratio (medians): {cm / wm:.2f}")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 from functools import partial
@@ -23,6 +22,7 @@ from accordion.config import ConfigError, load_config
 from accordion.errors import AccordionError
 from accordion.events import read_events
 from accordion.paths import all_clusters
+from accordion.units import parse_duration
 
 app = typer.Typer(
     help="Elastic HPC clusters: a real Slurm whose compute nodes are containers created when jobs wait "
@@ -256,16 +256,13 @@ def _format_event(e: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
-_SINCE = re.compile(r"^(\d+)([smhd])$")
-
-
 def _since(since: str | None) -> float:
     if not since:
         return 0.0
-    m = _SINCE.match(since)
-    if not m:
-        raise fail(f"--since: {since!r} is not a duration like 30s, 10m, 2h or 1d", 2)
-    return time.time() - int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return time.time() - parse_duration(since)
+    except ValueError as exc:
+        raise fail(f"--since: {exc}", 2) from None
 
 
 @app.command()

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from accordion.errors import ConfigError
+from accordion.units import parse_duration
 
 CLUSTER_NAME = r"^[a-z][a-z0-9-]{0,19}$"
 NODESET_NAME = r"^[a-z][a-z0-9_]{0,19}$"
@@ -22,18 +23,9 @@ NAME_BASE = r"^[a-z][a-z0-9-]{0,29}$"
 IMAGE = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
 def _parse_duration(value: object) -> object:
     """Accept 30, 30.5, "30s", "5m", "1h", "250ms"; anything else is left for pydantic to refuse."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"'{value}' is not a duration (examples: 30, 30s, 5m, 1h)")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    return value
+    return parse_duration(value) if isinstance(value, str) else value
 
 
 Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, le=7 * 86400)]

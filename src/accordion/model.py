@@ -5,9 +5,20 @@ Nothing here knows about Slurm, OAR, runc or Kubernetes: adapters translate into
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
+
+_INDEX = re.compile(r"(\d+)$")
+
+
+@lru_cache(maxsize=1 << 16)  # the simulator's policies order the same job ids hundreds of thousands of times
+def node_order(name: str) -> tuple[str, int]:
+    """Names in the order people number them: c-2 before c-10."""
+    match = _INDEX.search(name)
+    return (name[: match.start()], int(match.group(1))) if match else (name, -1)
 
 
 class SchedState(StrEnum):
@@ -120,12 +131,58 @@ class NodeSetSpec:
 
 
 @dataclass(frozen=True)
+class NodeSetNodes:
+    """One node set's nodes by state, in the order the policy uses them. Held and failed nodes are in none
+    of these: they are neither capacity nor startable."""
+
+    starting: tuple[Node, ...] = ()  # name order
+    idle: tuple[Node, ...] = ()  # name order
+    busy: tuple[Node, ...] = ()  # busy and unresponsive: in service, not removable; name order
+    partly_free: tuple[Node, ...] = ()  # the busy nodes with CPUs left, name order
+    absent: tuple[Node, ...] = ()  # longest absent first, ties in name order: a name just removed is reused last
+    draining: int = 0
+
+
+NO_NODES = NodeSetNodes()
+
+
+def index_nodes(nodes: Iterable[Node]) -> dict[str, NodeSetNodes]:
+    """Every node set's nodes by state (what a snapshot holds when its builder gives no index)."""
+    ordered = sorted(nodes, key=lambda n: node_order(n.name))
+    out: dict[str, NodeSetNodes] = {}
+    for name in dict.fromkeys(n.nodeset for n in ordered):
+        mine = [n for n in ordered if n.nodeset == name]
+        busy = tuple(n for n in mine if n.state in (NodeState.BUSY, NodeState.UNRESPONSIVE))
+        out[name] = NodeSetNodes(
+            starting=tuple(n for n in mine if n.state == NodeState.STARTING),
+            idle=tuple(n for n in mine if n.state == NodeState.IDLE),
+            busy=busy,
+            partly_free=tuple(n for n in busy if n.state == NodeState.BUSY and n.free_cpus > 0),
+            absent=tuple(sorted((n for n in mine if n.state == NodeState.ABSENT), key=lambda n: n.since)),
+            draining=sum(1 for n in mine if n.state == NodeState.DRAINING),
+        )
+    return out
+
+
+@dataclass(frozen=True)
 class Snapshot:
+    """What the policy sees. `index` is the nodes by node set and state: a builder that keeps one up to date
+    as nodes change (the simulator) passes it; otherwise it is built here from `nodes`."""
+
     now: float
     nodesets: tuple[NodeSetSpec, ...]
     nodes: tuple[Node, ...]
     jobs: tuple[Job, ...]
     resume_timeout: float = 30.0
+    index: Mapping[str, NodeSetNodes] | None = None
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            object.__setattr__(self, "index", index_nodes(self.nodes))  # a frozen dataclass sets derived fields so
+
+    def of(self, nodeset: str) -> NodeSetNodes:
+        assert self.index is not None
+        return self.index.get(nodeset, NO_NODES)
 
 
 @dataclass(frozen=True)

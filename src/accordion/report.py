@@ -8,11 +8,11 @@ ticks; then provisioning latency (request -> registered) statistics.
 from __future__ import annotations
 
 import html
-import statistics
 import time
 from pathlib import Path
 
 from accordion.events import read_events
+from accordion.units import percentile
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 260, 50, 40, 20, 40
 SERIES = (("pending_cpus", "CPUs waiting", "#d62728"), ("provisioned", "nodes provisioned", "#1f77b4"), ("busy", "nodes busy", "#2ca02c"))
@@ -72,9 +72,7 @@ def render(cluster: str, nodesets: list[str], samples: list[dict], events: list[
     removals = sum(1 for e in events if e["kind"] == "removed")
     failures = sum(1 for e in events if e["kind"] in ("failed", "lost"))
     if lat:
-        ordered = sorted(lat)
-        p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-        lat_line = f"median {statistics.median(lat):.2f} s, p95 {p95:.2f} s, max {max(lat):.2f} s over {len(lat)} nodes"
+        lat_line = f"median {percentile(lat, 0.5):.2f} s, p95 {percentile(lat, 0.95):.2f} s, max {max(lat):.2f} s over {len(lat)} nodes"
     else:
         lat_line = "no node was provisioned in this period"
     legend = " ".join(f'<span style="color:{c}">&#9632; {label}</span>' for _, label, c in SERIES)

@@ -7,6 +7,7 @@ part, failed names never retried, a failed listing read as "no containers".
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -68,7 +69,10 @@ def test_slurmd_stopped_15_s_under_a_job(make_cluster):
     job = c.sbatch("sleep 30; echo survived", "-N1", name="paused")
     node = run_long_enough(c, job, 6)
     before = created(c)[node]
-    pids = subprocess.run(["pgrep", "-f", f"^/usr/sbin/slurmd -D -b -N {node} "], capture_output=True, text=True).stdout.split()
+    # This node's slurmd, found through its own container (other clusters may have a node of the same name).
+    in_node = subprocess.run(["runc", "--root", f"/run/accordion/{c.name}/runc", "ps", "--format", "json", node],
+                             capture_output=True, text=True, check=True).stdout
+    pids = [p for p in json.loads(in_node) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/sbin/slurmd\0")]
     assert len(pids) == 1, pids
     os.kill(int(pids[0]), signal.SIGSTOP)
     flags = set()

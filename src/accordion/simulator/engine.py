@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import compress, count, islice, repeat
 from operator import le
 
-from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot
+from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot
 from accordion.simulator.traces import TraceJob
 
 Policy = Callable[[Snapshot], Plan]
@@ -26,7 +26,6 @@ NODESET = "sim"
 
 ABSENT, STARTING, IDLE, BUSY, DRAINING = (NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY, NodeState.DRAINING)
 _END, _READY, _GONE, _WAKE = range(4)
-_new, _setattr = object.__new__, object.__setattr__
 
 
 class SimulationError(RuntimeError):
@@ -124,7 +123,13 @@ class Simulation:
         self.job_on = [-1] * n
         self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
         self.dirty: set[int] = set()  # nodes whose Node object is out of date: rebuilt once per policy call
+        # The nodes by state, kept as they change, in the order the policy reads them (model.NodeSetNodes):
+        # snapshots are built from these without looking at every node.
         self.idle: list[int] = []  # sorted: jobs take the lowest-numbered idle nodes, as Slurm picks them
+        self.starting: set[int] = set()
+        self.in_use: list[int] = []  # busy, sorted
+        self.absent: list[int] = list(range(n))  # longest absent first, ties in name (index) order
+        self.draining = 0
         # Idle timeouts in the order they expire (nodes go idle in time order): only the earliest is an event.
         self.expiries: deque[tuple[float, int, int]] = deque()
         self.wake_at = math.inf
@@ -143,6 +148,22 @@ class Simulation:
         heapq.heappush(self.events, (t, self.seq, kind, x, g))
 
     def _set(self, x: int, state: NodeState, t: float, free: int = 0) -> None:
+        """Node x (not idle, nor becoming idle: see _idle and _start) enters `state`."""
+        old = self.state[x]
+        if old is STARTING:
+            self.starting.discard(x)
+        elif old is BUSY:
+            del self.in_use[bisect_left(self.in_use, x)]
+        elif old is DRAINING:
+            self.draining -= 1
+        elif old is ABSENT:
+            self.absent.remove(x)
+        if state is STARTING:
+            self.starting.add(x)
+        elif state is DRAINING:
+            self.draining += 1
+        elif state is ABSENT:
+            self.absent.append(x)  # the caller passes nodes gone at the same time in index order
         self.gen[x] += 1
         self.state[x] = state
         self.since[x] = t
@@ -154,6 +175,10 @@ class Simulation:
         gen, state, since, free = self.gen, self.state, self.since, self.free
         cpn = self.cluster.cpus_per_node
         for x in xs:
+            if state[x] is BUSY:
+                del self.in_use[bisect_left(self.in_use, x)]
+            else:
+                self.starting.discard(x)
             gen[x] += 1
             state[x] = IDLE
             since[x] = t
@@ -205,8 +230,9 @@ class Simulation:
         k, idle = self.k[j], self.idle
         got = idle[:k]
         del idle[:k]
-        gen, state, since, free, job_on = self.gen, self.state, self.since, self.free, self.job_on
+        gen, state, since, free, job_on, in_use = self.gen, self.state, self.since, self.free, self.job_on, self.in_use
         for x in got:
+            insort(in_use, x)
             gen[x] += 1
             state[x] = BUSY
             since[x] = t
@@ -245,12 +271,19 @@ class Simulation:
     # ----- the batch scheduler -----
 
     def _reservation(self, need: int, t: float) -> tuple[float, int]:
-        """EASY: when the head job can start by running jobs' estimates, and nodes spare at that time."""
+        """EASY: when the head job can start by running jobs' estimates (the shadow time), and nodes spare at
+        that time: every job estimated to end by then frees its nodes, those ending at that very moment too."""
         avail = len(self.idle)
+        shadow = math.inf
         for end, j in self.by_end:
+            end = max(end, t)  # a job past its estimate is expected to end now
+            if end > shadow:
+                return shadow, avail - need
             avail += self.usable[j]
             if avail >= need:
-                return max(end, t), avail - need
+                shadow = end
+        if shadow < math.inf:
+            return shadow, avail - need
         # Not enough nodes up even once all running jobs end: no reservation, as Slurm does while nodes are down.
         return math.inf, 0
 
@@ -286,16 +319,20 @@ class Simulation:
 
     def _decide(self, t: float) -> None:
         nodes, names, state, since, free = self.nodes, self.names, self.state, self.since, self.free
-        for x in self.dirty:
-            # Node(...) runs a frozen dataclass's five object.__setattr__ calls, which were the engine's
-            # largest cost: the same object, its fields set at once (test_snapshot_nodes_are_nodes).
-            node = _new(Node)
-            fields = {"name": names[x], "nodeset": NODESET, "state": state[x], "since": since[x], "free_cpus": free[x], "free_mem": 0}
-            _setattr(node, "__dict__", fields)
-            nodes[x] = node
+        for x in self.dirty:  # only nodes that changed since the last call get a new Node
+            nodes[x] = Node(names[x], NODESET, state[x], since[x], free[x])
         self.dirty.clear()
         jobs = tuple(map(self.job_objs.__getitem__, self.queue))
-        snap = Snapshot(t, (self.spec,), tuple(nodes), jobs, self.resume_timeout)  # type: ignore[arg-type]
+        node = nodes.__getitem__
+        index = NodeSetNodes(
+            starting=tuple(map(node, sorted(self.starting))),
+            idle=tuple(map(node, self.idle)),
+            busy=tuple(map(node, self.in_use)),
+            partly_free=(),  # jobs take whole nodes
+            absent=tuple(map(node, self.absent)),
+            draining=self.draining,
+        )
+        snap = Snapshot(t, (self.spec,), tuple(nodes), jobs, self.resume_timeout, {NODESET: index})  # type: ignore[arg-type]
         plan = self.policy(snap)
         self.calls += 1
         for stop in plan.stop:
@@ -357,8 +394,8 @@ class Simulation:
             t = nxt
             self.node_seconds += self.provisioned * (t - last)
             last = t
-            changed = woke = gone = False
-            ready = []
+            changed = woke = False
+            ready, gone = [], []
             while i < n and sub[i] == t:
                 self._submit(i, t)
                 i += 1
@@ -378,9 +415,10 @@ class Simulation:
                 elif kind == _READY:
                     ready.append(x)
                 else:
-                    self._set(x, ABSENT, t)
-                    self.provisioned -= 1
-                    gone = True
+                    gone.append(x)
+            for x in sorted(gone):  # nodes gone together are reused in name order
+                self._set(x, ABSENT, t)
+                self.provisioned -= 1
             if ready:
                 ready.sort()
                 self._idle(ready, t)

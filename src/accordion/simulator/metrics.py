@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from accordion.simulator.engine import Run
+from accordion.units import percentile
 
 SLOWDOWN_BOUND = 10.0  # seconds: very short jobs do not dominate the mean slowdown
 
@@ -27,16 +28,6 @@ class Metrics:
     def as_dict(self) -> dict[str, float | int | str | None]:
         """JSON-ready: nan (no job started) becomes None."""
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not sorted_values:
-        return math.nan
-    pos = q * (len(sorted_values) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def waits(run: Run) -> list[float]:

@@ -7,13 +7,13 @@ without Accordion: every node always on, CHSC's one-node-per-job rule, and Slurm
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
 from accordion import policy
-from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop
-from accordion.policy import by_name, fcfs, node_order, nodes_by_state
+from accordion.model import Job, Node, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop, node_order
+from accordion.policy import fcfs
 from accordion.simulator.engine import Policy
 
 ABSENT = NodeState.ABSENT
@@ -24,8 +24,12 @@ def _waiting(snapshot: Snapshot, spec: NodeSetSpec) -> list[Job]:
     return [j for j in snapshot.jobs if j.nodeset == spec.name and not j.running and j.wants_resources]
 
 
+def by_name(nodes: Sequence[Node]) -> list[Node]:
+    return sorted(nodes, key=lambda n: node_order(n.name))
+
+
 def _stop_idle(
-    spec: NodeSetSpec, active: int, idle: list[Node], now: float, keep: frozenset[str] | set[str] = frozenset()
+    spec: NodeSetSpec, active: int, idle: Sequence[Node], now: float, keep: frozenset[str] | set[str] = frozenset()
 ) -> list[Stop]:
     """Idle nodes past the idle timeout (except `keep`), longest idle first, down to min_nodes."""
     expired = sorted(
@@ -55,14 +59,14 @@ class CHSC:
         plan = Plan()
         waiting_now: set[str] = set()
         for spec in snapshot.nodesets:
-            starting, idle, busy, _, absent = nodes_by_state(snapshot.nodes, spec.name)
+            g = snapshot.of(spec.name)
             waiting = _waiting(snapshot, spec)
             ids = set(map(_id, waiting))
             if ids - self.seen:  # set operations: queues grow long under this policy
                 new = fcfs([j for j in waiting if j.id not in self.seen])
-                absent = by_name(absent, len(new))
+                absent = by_name(g.absent)[: len(new)]
                 plan.start += [Start(n.name, spec.name, f"job {j.id} waits") for n, j in zip(absent, new)]
-            plan.stop += _stop_idle(spec, len(starting) + len(idle) + busy, idle, snapshot.now)
+            plan.stop += _stop_idle(spec, len(g.starting) + len(g.idle) + len(g.busy), g.idle, snapshot.now)
             waiting_now |= ids
         self.seen = waiting_now  # a job that stopped waiting never waits again
         return plan
@@ -80,8 +84,8 @@ def powersave(snapshot: Snapshot) -> Plan:
     """
     plan = Plan()
     for spec in snapshot.nodesets:
-        starting, idle, busy, _, absent = nodes_by_state(snapshot.nodes, spec.name)
-        free = by_name(idle + starting)
+        g = snapshot.of(spec.name)
+        free, absent = by_name(g.idle + g.starting), list(g.absent)
         in_order = False  # absent nodes are put in name order only once a job needs some: most calls none
         allocated: set[str] = set()
         for job in fcfs(_waiting(snapshot, spec)):
@@ -94,7 +98,7 @@ def powersave(snapshot: Snapshot) -> Plan:
                 absent, in_order = by_name(absent), True
             plan.start += [Start(n.name, spec.name, f"job {job.id} allocated") for n in absent[:more]]
             absent = absent[more:]
-        plan.stop += _stop_idle(spec, len(starting) + len(idle) + busy, idle, snapshot.now, allocated)
+        plan.stop += _stop_idle(spec, len(g.starting) + len(g.idle) + len(g.busy), g.idle, snapshot.now, allocated)
     return plan
 
 
