@@ -86,7 +86,9 @@ def test_list_follows_pod_status_through_the_watch(provider):
     provider.create(spec(provider))
     wait(lambda: "hpc-node-0" in provider.list(), "the new Pod in the watch cache")
     assert provider.list()["hpc-node-0"].running
-    set_status(provider, "hpc-node-0", {"phase": "Pending", "containerStatuses": [{"name": "node", "image": "x", "imageID": "", "ready": False, "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]})
+    waiting = {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}
+    status = {"name": "node", "image": "x", "imageID": "", "ready": False, "restartCount": 0, "state": waiting}
+    set_status(provider, "hpc-node-0", {"phase": "Pending", "containerStatuses": [status]})
     wait(lambda: not provider.list()["hpc-node-0"].running, "the failed Pod")
     assert provider.list()["hpc-node-0"].reason == "ErrImagePull: no such image"
     provider.delete("hpc-node-0")

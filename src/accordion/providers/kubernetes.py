@@ -18,6 +18,7 @@ transport errors; a create that fails for good is undone so no half-created node
 from __future__ import annotations
 
 import base64
+import builtins
 import logging
 import threading
 import time
@@ -265,7 +266,7 @@ class KubernetesProvider:
 
     # ----- watch -----
 
-    def _list_pods(self) -> list[Any]:
+    def _list_pods(self) -> builtins.list[Any]:  # `list` is also this class's listing method
         result = self._call("list Pods", self.api.list_namespaced_pod, self.namespace, label_selector=self.selector)
         return list(result.items) if result is not None else []
 
