@@ -6,17 +6,27 @@ the API; tests/live/test_kubernetes.py runs the Pods for real with podman.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import kmock
 import pytest
+import yaml
 
 from accordion.config import ClusterConfig
 from accordion.paths import ClusterPaths
 from accordion.providers.base import Bind, NodeSpec, ProviderError
-from accordion.providers.kubernetes import KubernetesProvider
+from accordion.providers.kubernetes import EVENT_BACKLOG, KubernetesProvider
 from accordion.sh import wait_until
 from tests.k8s.apiserver import KMockThread
 
 NS = "hpc"
+ROLE = Path(__file__).resolve().parents[1] / "deploy/kubernetes/role.yaml"
 
 
 @pytest.fixture
@@ -25,11 +35,8 @@ def server():
         yield km
 
 
-@pytest.fixture
-def provider(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("ACCORDION_STATE", str(tmp_path / "state"))
-    key = tmp_path / "munge.key"
-    key.write_bytes(b"k" * 1024)
+def head(server, tmp_path, key: bytes, keyfile: str = "munge.key") -> KubernetesProvider:
+    """The provider as a head's controller makes it, with the munge key that head generated."""
     config = ClusterConfig.model_validate({
         "name": "kc", "provider": "kubernetes",
         "kubernetes": {"namespace": NS, "kubeconfig": str(server.kubeconfig(tmp_path / "kubeconfig")), "image": "localhost/accordion-node:test"},
@@ -37,8 +44,16 @@ def provider(server, tmp_path, monkeypatch):
                      {"name": "big", "max_nodes": 1, "cpus": 4, "memory_mb": 2048, "image": "localhost/other:1"}],
     })
     p = KubernetesProvider(config, ClusterPaths("kc"))
-    p.key = key
+    p.key = tmp_path / keyfile
+    p.key.write_bytes(key)
     p.setup()
+    return p
+
+
+@pytest.fixture
+def provider(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCORDION_STATE", str(tmp_path / "state"))
+    p = head(server, tmp_path, b"k" * 1024)
     yield p
     p.close()
 
@@ -147,6 +162,36 @@ def test_watch_expiry_410_relists(server, provider):
     wait(lambda: set(provider.list()) == {"hpc-node-1"}, "the cache to follow the new watch")
 
 
+def test_a_restarted_head_gives_new_pods_its_own_key(server, provider, tmp_path):
+    # A head whose state did not survive (emptyDir) generates a new munge key; the cluster's Secret,
+    # made by the earlier head, outlives it. A node given the earlier key never registers.
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(tmp_path / "kubeconfig"), client_configuration=cfg)
+    reader = client.ApiClient(cfg)
+    reader.user_agent = "test-reader"  # kept out of the provider's recorded calls
+
+    def secret() -> client.V1Secret:
+        return client.CoreV1Api(reader).read_namespaced_secret("kc-secrets", NS)
+
+    provider.create(spec(provider))
+    assert base64.b64decode(secret().data["munge.key"]) == b"k" * 1024
+    provider.close()
+    restarted = head(server, tmp_path, b"n" * 1024, "new-munge.key")
+    try:
+        restarted.create(spec(restarted, "hpc-node-1"))
+        assert base64.b64decode(secret().data["munge.key"]) == b"n" * 1024
+        assert secret().metadata.owner_references[0].name == "accordion-kc"
+        restarted.create(spec(restarted, "hpc-node-2"))  # and it stays so
+        assert base64.b64decode(secret().data["munge.key"]) == b"n" * 1024
+    finally:
+        restarted.close()
+    # With the verbs the Role grants on Secrets, no more (the live test checks the whole Role).
+    granted = {v for rule in yaml.safe_load(ROLE.read_text())["rules"] if "secrets" in rule["resources"] for v in rule["verbs"]}
+    assert server.verbs(exclude_agent="test-reader")["secrets"] <= granted
+
+
 def test_teardown_removes_every_object(provider):
     provider.create(spec(provider))
     provider.create(spec(provider, "hpc-node-1"))
@@ -161,6 +206,7 @@ def test_events_are_mirrored_as_kubernetes_events(provider):
     wait(lambda: "hpc-node-0" in provider.list(), "the Pod")
     provider.record({"kind": "failed", "node": "hpc-node-0", "reason": "did not register within 30 s"})
     provider.record({"kind": "scaled", "nodeset": "compute", "reason": "pinned to 2 by hand"})
+    wait(lambda: len(provider.api.list_namespaced_event(NS).items) == 2, "both events posted")
     events = provider.api.list_namespaced_event(NS).items
     got = {(e.involved_object.kind, e.involved_object.name, e.reason, e.type, e.message) for e in events}
     assert ("Pod", "hpc-node-0", "NodeFailed", "Warning", "hpc-node-0 did not register within 30 s") in got
@@ -172,3 +218,67 @@ def test_unusable_client_configuration_is_a_clear_error(tmp_path, kubeconfig, ex
     config = ClusterConfig.model_validate({"name": "kc", "provider": "kubernetes", "kubernetes": {"kubeconfig": kubeconfig}})
     with pytest.raises(ProviderError, match=expected):
         KubernetesProvider(config, ClusterPaths("kc")).setup()
+
+
+def test_a_hanging_events_endpoint_does_not_hold_up_the_caller(server, provider, caplog):
+    # Every create of an Event hangs until released, longer than the client's timeout: each blocking post
+    # would hold its caller (the controller's loop) for that timeout.
+    release = threading.Event()
+
+    async def hang() -> None:
+        while not release.is_set():
+            await asyncio.sleep(0.05)
+
+    server.once("create v1/events", hang, op=">>", times=1000)
+    t0 = time.monotonic()
+    try:
+        for i in range(300):  # more than are kept waiting: the rest are dropped, with a warning
+            provider.record({"kind": "requested", "node": f"hpc-node-{i % 3}", "reason": f"job {i}"})
+            # A blocking post waits out the client's 5 s timeout on the first event already.
+            assert time.monotonic() - t0 < 2.5, f"{i + 1} events took {time.monotonic() - t0:.1f} s to record"
+    finally:
+        release.set()
+    assert "dropped" in caplog.text
+    provider.close()  # posts what is still queued, for a bounded time
+    assert 0 < len(provider.api.list_namespaced_event(NS).items) <= EVENT_BACKLOG
+
+
+def test_close_posts_the_queued_events(provider):
+    provider.record({"kind": "controller", "reason": "stopped"})
+    provider.close()  # the last event of a controller that exits is posted, not lost with its thread
+    assert [e.message for e in provider.api.list_namespaced_event(NS).items] == ["stopped"]
+
+
+def test_close_gives_up_on_an_api_that_does_not_answer(server, provider, monkeypatch, caplog):
+    monkeypatch.setattr("accordion.providers.kubernetes.EVENT_FLUSH", 0.5)
+    release = threading.Event()
+
+    async def hang() -> None:
+        while not release.is_set():
+            await asyncio.sleep(0.05)
+
+    server.once("create v1/events", hang, op=">>", times=10)
+    provider.record({"kind": "controller", "reason": "stopped"})
+    t0 = time.monotonic()
+    try:
+        provider.close()
+        # Waiting for the post would take the client's 5 s timeout.
+        assert time.monotonic() - t0 < 3, f"close took {time.monotonic() - t0:.1f} s"
+    finally:
+        release.set()
+    assert "1 Kubernetes Events not posted" in caplog.text
+
+
+def test_an_event_recorded_just_before_the_process_exits_is_posted(provider, tmp_path):
+    # What `accordion scale` does: record one event, exit. The poster is a daemon thread (a hung post must
+    # not keep a process alive): what it has not posted yet is posted at exit.
+    code = (
+        "import sys\n"
+        "from accordion.config import ClusterConfig\n"
+        "from accordion.paths import ClusterPaths\n"
+        "from accordion.providers.kubernetes import KubernetesProvider\n"
+        "config = ClusterConfig.model_validate({'name': 'kc', 'provider': 'kubernetes', 'kubernetes': {'namespace': sys.argv[1], 'kubeconfig': sys.argv[2]}})\n"
+        "KubernetesProvider(config, ClusterPaths('kc')).record({'kind': 'scaled', 'nodeset': 'compute', 'reason': 'pinned to 1 by hand'})\n"
+    )
+    subprocess.run([sys.executable, "-c", code, NS, str(tmp_path / "kubeconfig")], check=True, timeout=60)
+    assert [e.message for e in provider.api.list_namespaced_event(NS).items] == ["pinned to 1 by hand"]

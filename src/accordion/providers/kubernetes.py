@@ -7,21 +7,25 @@ Kubernetes only provisions: the batch scheduler decides. What the cluster owns i
   subdomain, so `<node>.<cluster>-nodes` resolves as soon as the Pod has an IP, before slurmd
   registers and so before Slurm can schedule on it;
 - a Secret `<cluster>-secrets` with the files nodes need privately (the munge key), made from the
-  head's own copy: no secret is ever written into a manifest;
+  head's own copy: no secret is ever written into a manifest. It outlives the head: a head restarted
+  without its state makes a new key, and the first Pod it creates replaces the Secret with it;
 - the node Pods, labelled with cluster, node set and node, CPU and memory requests equal to limits.
 
 Pods are followed with a watch (list once, then a stream of changes from that resourceVersion; a 410
 Gone relists), so `list()` costs no API call. Every call is retried with backoff on 429/5xx and
 transport errors; a create that fails for good is undone so no half-created node remains.
+Accordion's events are mirrored as Kubernetes Events by a background thread, never by the caller.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import builtins
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +44,8 @@ TIMEOUT = 10  # seconds for any one request
 # Waiting reasons after which a container will not start without a change from someone.
 STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 LABEL = "accordion.io"
+EVENT_BACKLOG = 100  # events waiting to be posted; more are dropped (events.jsonl has them all)
+EVENT_FLUSH = 5.0  # seconds `close` (or the process' exit) waits for the events still waiting
 
 
 def _k8s() -> Any:
@@ -66,6 +72,12 @@ class KubernetesProvider:
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
         self._closed = threading.Event()
+        self._secret_lock = threading.Lock()
+        self._secret_data: dict[str, str] | None = None  # what this process last put in the Secret
+        self._outbox: deque[dict[str, object]] = deque()
+        self._outbox_changed = threading.Condition()
+        self._poster: threading.Thread | None = None
+        self._dropped = 0
 
     # ----- API access -----
 
@@ -169,7 +181,19 @@ class KubernetesProvider:
     def _ensure_secret(self, spec: NodeSpec) -> None:
         data = {Path(target).name: base64.b64encode(Path(source).read_bytes()).decode() for target, source in spec.secrets.items()}
         body = {"metadata": self._owned(self.secret), "type": "Opaque", "data": data}
-        self._call("create the cluster's Secret", self.api.create_namespaced_secret, self.namespace, body, tolerate=(409,))
+        # Serialised: Pods start side by side, and none may be created while the Secret is being replaced.
+        with self._secret_lock:
+            created = self._call("create the cluster's Secret", self.api.create_namespaced_secret, self.namespace, body, tolerate=(409,))
+            if created is None and data != self._secret_data:
+                # The Secret exists but this process has not written it: an earlier head made it, maybe
+                # with a key this head no longer has (state on an emptyDir: a new head, a new key), and a
+                # node with another key than the head's never registers. The Role grants no read (nor
+                # patch) on Secrets, so it is replaced unseen, once per process; Pods already running
+                # keep the files they mounted, and later ones mount the new Secret.
+                log.info("replacing Secret %s/%s with this head's files", self.namespace, self.secret)
+                self._call("delete the cluster's Secret", self.api.delete_namespaced_secret, self.secret, self.namespace, tolerate=(404,))
+                self._call("create the cluster's Secret", self.api.create_namespaced_secret, self.namespace, body)
+            self._secret_data = data
 
     def pod_manifest(self, spec: NodeSpec) -> dict[str, object]:
         ns = self._nodeset[spec.name]
@@ -276,8 +300,11 @@ class KubernetesProvider:
             self._watcher.start()
 
     def close(self) -> None:
-        """Stop following Pods (the watch ends at its next event or timeout)."""
+        """Stop following Pods (the watch ends at its next event or timeout) and post the events still
+        waiting, for at most EVENT_FLUSH seconds."""
         self._closed.set()
+        atexit.unregister(self._flush_events)
+        self._flush_events()
 
     def _watch_forever(self) -> None:
         k8s = _k8s()
@@ -318,7 +345,9 @@ class KubernetesProvider:
     # ----- events -----
 
     def record(self, event: dict[str, object]) -> None:
-        """Mirror one of Accordion's events as a Kubernetes Event (best effort: never fails the loop)."""
+        """Mirror one of Accordion's events as a Kubernetes Event, best effort: queued for a background
+        thread, so that an API server that is slow or down never holds up the caller (the controller's
+        loop); when too many wait, the newest are dropped."""
         node = str(event.get("node") or "")
         with self._lock:
             pod = self._pods.get(node)
@@ -328,22 +357,64 @@ class KubernetesProvider:
             else {"apiVersion": "v1", "kind": "ConfigMap", "name": self.owner, "namespace": self.namespace}
         )
         kind = str(event["kind"])
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
+        ts = event.get("ts")
+        # When it happened, not when it is posted.
+        when = datetime.fromtimestamp(ts if isinstance(ts, (int, float)) else time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body: dict[str, object] = {
             "metadata": {"name": f"{node or self.owner}.{time.time_ns():x}", "namespace": self.namespace, "labels": self._labels()},
             "involvedObject": involved,
             "reason": "Node" + kind.capitalize(),
             "message": " ".join(x for x in (node, str(event.get("reason") or "")) if x) or kind,
             "type": "Warning" if kind in ("failed", "lost") else "Normal",
             "source": {"component": "accordion"},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
+            "firstTimestamp": when,
+            "lastTimestamp": when,
             "count": 1,
         }
-        try:
-            self.api.create_namespaced_event(self.namespace, body, _request_timeout=5)
-        except Exception as exc:
-            log.warning("could not record event %s as a Kubernetes Event: %s", kind, exc)
+        with self._outbox_changed:
+            if self._closed.is_set():
+                return
+            if len(self._outbox) >= EVENT_BACKLOG:
+                self._dropped += 1
+                if self._dropped == 1:  # once per overload, not once per event
+                    log.warning("Kubernetes Events are not being posted fast enough: dropped (events.jsonl keeps them)")
+                return
+            self._outbox.append(body)
+            self._outbox_changed.notify()
+            if self._poster is None:
+                # A daemon thread, so that a hung post never keeps the process alive; what is still
+                # waiting when the process exits (a CLI command, the controller stopping) is posted then,
+                # for a bounded time.
+                self._poster = threading.Thread(target=self._post_events, name="event-poster", daemon=True)
+                self._poster.start()
+                atexit.register(self._flush_events)
+
+    def _post_events(self) -> None:
+        while True:
+            with self._outbox_changed:
+                while not self._outbox and not self._closed.is_set():
+                    self._outbox_changed.wait()
+                if not self._outbox:
+                    return
+                body = self._outbox[0]
+            try:
+                self.api.create_namespaced_event(self.namespace, body, _request_timeout=5)
+            except Exception as exc:
+                log.warning("could not record event %s as a Kubernetes Event: %s", body["reason"], exc)
+            with self._outbox_changed:
+                self._outbox.popleft()  # only now, so that a flush waits for the post in flight
+                if self._dropped and not self._outbox:
+                    log.warning("Kubernetes Events posted again; %d were dropped", self._dropped)
+                    self._dropped = 0
+                self._outbox_changed.notify_all()
+
+    def _flush_events(self) -> None:
+        """Let the poster finish what is waiting, for at most EVENT_FLUSH seconds."""
+        with self._outbox_changed:
+            self._closed.set()
+            self._outbox_changed.notify_all()
+            if not self._outbox_changed.wait_for(lambda: not self._outbox, EVENT_FLUSH):
+                log.warning("%d Kubernetes Events not posted: the API did not answer in time", len(self._outbox))
 
 
 def _info(pod: Any) -> NodeInfo:

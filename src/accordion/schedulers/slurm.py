@@ -62,6 +62,9 @@ def render_slurm_conf(config: ClusterConfig, provider: Provider, paths: ClusterP
         "SlurmdPidFile=/run/slurmd.pid",
         f"SlurmctldLogFile={paths.logs / 'slurmctld.log'}",
         "SlurmctldParameters=enable_configless",
+        # A node's address is looked up on each connection, not kept from the first: a Pod recreated under
+        # the same name (Kubernetes provider, a restarted head) has a new IP.
+        "CommunicationParameters=NoAddrCache",
         # Node sizes come from the node set, not from the machine the container runs on.
         "SlurmdParameters=config_overrides",
         "ProctrackType=proctrack/linuxproc",
