@@ -97,8 +97,23 @@ class LocalProvider:
         # `ip netns exec` would remount /sys and hide the cgroup tree; nsenter only switches the network.
         return ["nsenter", f"--net=/run/netns/{self.netns}"]
 
+    def login_name(self) -> str:
+        return f"{self.config.name}-login"
+
+    def login(self) -> list[str]:
+        """The login node: the cluster's network, and a UTS and mount namespace in which the host name is
+        `<cluster>-login` and /etc/hosts is the cluster's, so that it resolves to the head address, which
+        every node reaches. Tools that advertise the submit host (dask's scheduler, MPI launchers) then
+        work with their defaults instead of advertising the host's name or 127.0.0.1."""
+        script = 'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"'
+        return self.enter() + [
+            "unshare", "--uts", "--mount", "--propagation", "private",
+            "sh", "-c", script, str(self.paths.run / "hosts"), self.login_name(),
+        ]
+
     def hosts_file(self) -> str:
-        lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{self.config.name}-head"]
+        # The login name first: it is what the head address resolves back to.
+        lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{self.login_name()} {self.config.name}-head"]
         lines += [f"{self.address(n)}\t{n}" for n in self.config.all_nodes()]
         return "\n".join(lines) + "\n"
 
