@@ -533,7 +533,7 @@ def _own_history(name: str, nodes: int | None, cpus_per_node: int | None) -> tup
         text = c.scheduler.history()
     except (SchedulerError, CommandError) as exc:
         raise fail(f"--cluster: {exc}") from None
-    fd, path = tempfile.mkstemp(prefix=f"accordion-{name}-", suffix=".sacct")
+    fd, path = tempfile.mkstemp(prefix=f"{name}-accounting-", suffix=".sacct")
     with os.fdopen(fd, "w") as f:
         f.write(text)
     atexit.register(os.unlink, path)

@@ -1,6 +1,7 @@
 """Workflow tools from PyPI, run as they are documented, from the login node as an ordinary user (issue 12).
 
-One elastic cluster for the module (idle_timeout 3 s, so nodes go soon after each tool is done). Each tool
+One elastic cluster for the module, of 1-CPU nodes (two jobs at once take two nodes), with a 3 s idle
+timeout so that nodes go soon after each tool is done. Each tool
 runs from `accordion shell --user hpcuser` with its own defaults; each test asserts that the work ran on
 at least two elastic nodes, as hpcuser, and that the nodes were removed afterwards. The tools' Python is
 the test's own (the project's venv, built from Debian's /usr/bin/python3 so that hpcuser can run it).
@@ -19,7 +20,7 @@ from tests.live.cluster import ACCORDION, LiveCluster, wait_for
 
 USER = "hpcuser"
 CONFIG = {
-    "nodesets": [{"name": "compute", "name_base": "wf-node", "max_nodes": 4, "cpus": 2, "memory_mb": 1024, "idle_timeout": "3s"}],
+    "nodesets": [{"name": "compute", "name_base": "wf-node", "max_nodes": 4, "cpus": 1, "memory_mb": 768, "idle_timeout": "3s"}],
 }
 HERE = Path(__file__).resolve().parent
 
@@ -78,8 +79,8 @@ def test_snakemake_slurm_executor_runs_six_rules_as_jobs(cluster):
     hosts = ran_on(out)
     assert len(hosts) >= 2, out
     assert f"OWNER {USER}" in out, out
-    # Every rule a job: 4 make + 4 square + gather, count, hosts, summary.
-    assert "JOBS 12" in out, out
+    # Every rule a job: 2 make + 2 square + gather, count, hosts, summary.
+    assert "JOBS 8" in out, out
     assert (cluster.shared / USER / work / "summary.txt").owner() == USER
     nodes_gone(cluster)
 
