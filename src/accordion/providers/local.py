@@ -112,8 +112,8 @@ class LocalProvider:
         ]
 
     def hosts_file(self) -> str:
-        # The login name first: it is what the head address resolves back to.
-        lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{self.login_name()} {self.config.name}-head"]
+        # The head's name first, as before the login name existed: what the head address resolves back to.
+        lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{self.config.name}-head {self.login_name()}"]
         lines += [f"{self.address(n)}\t{n}" for n in self.config.all_nodes()]
         return "\n".join(lines) + "\n"
 
