@@ -8,6 +8,7 @@ import logging
 import os
 import pwd
 import re
+import shutil
 import sys
 import time
 from functools import partial
@@ -25,7 +26,7 @@ from accordion.cluster import Cluster, ClusterError
 from accordion.config import ConfigError, load_config
 from accordion.errors import AccordionError, SchedulerError
 from accordion.events import read_events
-from accordion.paths import all_clusters
+from accordion.paths import ClusterPaths, all_clusters
 from accordion.sh import CommandError
 
 app = typer.Typer(
@@ -146,6 +147,12 @@ def down(
     _need_root()
     names = all_clusters() if all_ else [_cluster_name(cluster, file)]
     for name in names:
+        kept = ClusterPaths(name).state
+        if not all_ and not keep_data and kept.is_dir() and not ClusterPaths(name).config.exists():
+            # Only the records a `down --keep-data` kept: this is how they are deleted.
+            shutil.rmtree(kept)
+            err.print(f"[green]✓[/] cluster [bold]{name}[/] was down; its kept records are deleted")
+            continue
         c = _load(name)
         try:
             with err.status(f"[bold]{name}[/]: stopping") as status:

@@ -111,7 +111,11 @@ def test_no_accounting_credential_readable_by_a_user_and_no_tcp_port(cluster):
     # Every file of the cluster that hpcuser can open: none may be a credential or the database.
     # (Not the node roots under nodes/: each is an overlay of the host's whole root.)
     run = Path("/run/accordion") / cluster.name
-    files = [str(p) for root in (state, run) for p in root.rglob("*") if p.is_file() and not p.is_relative_to(run / "nodes")]
+    files = []
+    for root in (state, run):
+        for top, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if Path(top, d) != run / "nodes"]
+            files += [os.path.join(top, n) for n in names if os.path.isfile(os.path.join(top, n))]
     listing = cluster.shared / "files-to-try"
     listing.write_text("\n".join(files) + "\n")
     out = as_user(cluster, f"while read -r f; do cat \"$f\" >/dev/null 2>&1 && echo \"$f\"; done < {listing}; true").stdout
@@ -147,5 +151,10 @@ def test_down_keep_data_keeps_the_history_for_the_next_up(cluster):
     cluster.up()
     again = wait_for(lambda: cluster.sh(history).split(), 30, "the kept history")
     assert set(jobs) <= set(again), (jobs, again)
+    accordion("down", "-c", cluster.name)
+    assert not (Path("/var/lib/accordion") / cluster.name).exists()
+    # Records kept by a cluster that is down are deleted by a plain `down` of that name.
+    cluster.up()
+    accordion("down", "-c", cluster.name, "--keep-data")
     accordion("down", "-c", cluster.name)
     assert not (Path("/var/lib/accordion") / cluster.name).exists()
