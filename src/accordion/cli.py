@@ -147,10 +147,10 @@ def down(
     _need_root()
     names = all_clusters() if all_ else [_cluster_name(cluster, file)]
     for name in names:
-        kept = ClusterPaths(name).state
-        if not all_ and not keep_data and kept.is_dir() and not ClusterPaths(name).config.exists():
+        records = ClusterPaths(name).state
+        if not all_ and not keep_data and records.is_dir() and not ClusterPaths(name).config.exists():
             # Only the records a `down --keep-data` kept: this is how they are deleted.
-            shutil.rmtree(kept)
+            shutil.rmtree(records)
             err.print(f"[green]✓[/] cluster [bold]{name}[/] was down; its kept records are deleted")
             continue
         c = _load(name)
