@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" -eq 0 ] || { echo "scripts/setup.sh: run as root" >&2; exit 1; }
 
-packages=(slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev gcc catatonit runc
+packages=(slurmctld slurmd slurm-client slurmdbd mariadb-server munge openmpi-bin libopenmpi-dev gcc catatonit runc
           iproute2 util-linux procps python3-venv
           oar-server oar-server-pgsql oar-node oar-user oar-user-pgsql postgresql openssh-server openssh-client)
 missing=()
@@ -25,9 +25,15 @@ fi
 id hpcuser >/dev/null 2>&1 || useradd --create-home --shell /bin/bash hpcuser
 
 venv=${ACCORDION_VENV:-/opt/accordion/venv}
+# Debian's own Python, whatever python3 is first on root's PATH (a pyenv one lives under /root, where
+# ordinary users cannot run it: their login shells and workflow tools use this venv too).
+if [ -f "$venv/pyvenv.cfg" ] && ! grep -qx 'home = /usr/bin' "$venv/pyvenv.cfg"; then
+  echo "==> $venv was made from another Python; making it again from /usr/bin/python3"
+  rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "==> creating $venv"
-  python3 -m venv "$venv"
+  /usr/bin/python3 -m venv "$venv"
 fi
 echo "==> installing accordion into $venv"
 "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import wait
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,9 @@ class FakeProvider:
     def enter(self) -> list[str]:
         return []
 
+    def login(self) -> list[str]:
+        return []
+
     def list(self):
         if self.fail_list:
             raise ProviderError("runc list: injected failure")
@@ -59,6 +63,7 @@ class FakeScheduler:
     """Nodes register when `registers` is true; jobs are whatever the test puts in `jobs`."""
 
     name = "fake"
+    user_commands: tuple[str, ...] = ("submit",)
 
     def __init__(self, provider: FakeProvider):
         self.provider = provider
@@ -107,6 +112,15 @@ class FakeScheduler:
 
     def env(self) -> dict[str, str]:
         return {}
+
+    def user_added(self, user: str) -> None:
+        pass
+
+    def data(self) -> list[Path]:
+        return []
+
+    def history(self) -> str:
+        return ""
 
     def wrap(self) -> list[str]:
         return []

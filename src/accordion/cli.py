@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import pwd
+import shutil
 import sys
 import time
 from functools import partial
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.progress import Progress, TaskID
 from rich.table import Table
@@ -19,9 +23,10 @@ from rich.text import Text
 
 from accordion.cluster import Cluster, ClusterError
 from accordion.config import ConfigError, load_config
-from accordion.errors import AccordionError
+from accordion.errors import AccordionError, SchedulerError
 from accordion.events import read_events
-from accordion.paths import all_clusters
+from accordion.paths import ClusterPaths, all_clusters
+from accordion.sh import CommandError
 from accordion.units import parse_duration
 
 app = typer.Typer(
@@ -36,8 +41,12 @@ err = Console(stderr=True)
 
 ClusterOpt = Annotated[
     str | None,
-    typer.Option("--cluster", "-c", help="Cluster name (default: the only cluster running, else 'accordion')."),
+    typer.Option(
+        "--cluster", "-c",
+        help="Cluster name (default: the cluster of ./accordion.yaml, else the only cluster running, else 'accordion').",
+    ),
 ]
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="The cluster named in this cluster file (as `up -f`).")]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -50,18 +59,34 @@ def _need_root() -> None:
         raise fail("accordion manages namespaces, cgroups and daemons: run it as root")
 
 
-def _cluster_name(name: str | None) -> str:
+def _file_name(file: Path) -> str:
+    """The cluster a cluster file names (its `name`, else the default one `up -f` would use)."""
+    try:
+        return load_config(file).name
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _cluster_name(name: str | None, file: Path | None = None) -> str:
+    """-c NAME, else -f FILE, else the cluster of the shell we are in, else ./accordion.yaml (as compose
+    does), else the only cluster running, else the default name."""
+    if name and file:
+        raise fail("give either --cluster or --file, not both", 2)
     if name:
         return name
+    if file is not None:
+        return _file_name(file)
     if os.environ.get("ACCORDION_CLUSTER"):
         return os.environ["ACCORDION_CLUSTER"]
+    if Path("accordion.yaml").is_file():
+        return _file_name(Path("accordion.yaml"))
     running = all_clusters()
     return running[0] if len(running) == 1 else "accordion"
 
 
-def _load(name: str | None) -> Cluster:
+def _load(name: str | None, file: Path | None = None) -> Cluster:
     try:
-        return Cluster.load(_cluster_name(name))
+        return Cluster.load(_cluster_name(name, file))
     except ClusterError as exc:
         raise fail(str(exc)) from None
 
@@ -98,29 +123,47 @@ def up(
     err.print(
         f"[green]✓[/] cluster [bold]{config.name}[/] up in {time.monotonic() - t0:.1f} s: "
         f"{config.scheduler}, {len(config.nodesets)} node set(s), up to {total} nodes. "
-        f"Try `accordion shell -c {config.name}` then `sbatch`/`srun`."
+        f"Try `accordion shell -c {config.name}` then {_commands(cluster)}."
     )
+
+
+def _commands(c: Cluster) -> str:
+    return "/".join(f"`{cmd}`" for cmd in c.scheduler.user_commands[:2])
 
 
 @app.command()
 def down(
     cluster: ClusterOpt = None,
+    file: FileOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="Take down every cluster on this machine.")] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Remove the cluster here even if its nodes cannot be removed (e.g. the Kubernetes API is gone).")
     ] = False,
+    keep_data: Annotated[
+        bool, typer.Option("--keep-data", help="Keep the job accounting database; the next `up` of this name finds its history again.")
+    ] = False,
 ) -> None:
     """Stop everything: nodes, scheduler, controller, and remove the cluster's files."""
     _need_root()
-    names = all_clusters() if all_ else [_cluster_name(cluster)]
+    names = all_clusters() if all_ else [_cluster_name(cluster, file)]
     for name in names:
+        records = ClusterPaths(name).state
+        if not all_ and not keep_data and records.is_dir() and not ClusterPaths(name).config.exists():
+            # Only the records a `down --keep-data` kept: this is how they are deleted.
+            shutil.rmtree(records)
+            err.print(f"[green]✓[/] cluster [bold]{name}[/] was down; its kept records are deleted")
+            continue
         c = _load(name)
         try:
             with err.status(f"[bold]{name}[/]: stopping") as status:
-                c.down(lambda step: status.update(f"[bold]{name}[/]: stopping {step}"), force=force)
+                c.down(lambda step: status.update(f"[bold]{name}[/]: stopping {step}"), force=force, keep_data=keep_data)
         except ClusterError as exc:
             raise fail(f"{name}: {exc}") from None
-        err.print(f"[green]✓[/] cluster [bold]{name}[/] is down; nothing left behind")
+        kept = [str(p) for p in c.scheduler.data() if p.exists()] if keep_data else []
+        if kept:
+            err.print(f"[green]✓[/] cluster [bold]{name}[/] is down; its records are kept in {', '.join(kept)}")
+        else:
+            err.print(f"[green]✓[/] cluster [bold]{name}[/] is down; nothing left behind")
 
 
 def _ago(ts: float) -> str:
@@ -193,11 +236,12 @@ def status_document(c: Cluster, recent: int = 8) -> dict[str, Any]:
 @app.command()
 def status(
     cluster: ClusterOpt = None,
+    file: FileOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (schema: docs/status-schema.json).")] = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every second until interrupted.")] = False,
 ) -> None:
     """Node sets, nodes and their states, queue summary and recent events."""
-    c = _load(cluster)
+    c = _load(cluster, file)
     if as_json:
         out.print_json(json.dumps(status_document(c)))
         return
@@ -227,14 +271,21 @@ def _status_view(doc: dict[str, Any]) -> Group:
     else:
         figures = f"updated {_ago(doc['updated'])} ago" + (", [yellow]stale[/]" if doc["stale"] else "")
     parts: list[RenderableType] = [f"[bold]{doc['cluster']}[/] ({doc['scheduler']} on {doc['provider']}), controller {ctl}, {figures}"]
-    table = Table("set", "scaling", "max", "start", "idle", "busy", "drain", "fail", "run", "wait", "CPUs wait")
+    # Fits an 80-column terminal whole (tests/test_status.py checks it in tmux): no vertical rules, one-word
+    # headers that never fold; node set names (up to 20 characters) fold rather than the figures.
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, padding=(0, 1))
+    table.add_column("node set", overflow="fold", min_width=8)
+    table.add_column("scaling", no_wrap=True)
+    for header in ("max", "start", "idle", "busy", "drain", "fail", "jobs", "wait", "cpus"):
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for s in doc["nodesets"]:
         n = s["nodes"]
         table.add_row(
-            s["name"], s["scaling"], str(s["max_nodes"]), str(n["starting"]), str(n["idle"]), str(n["busy"]),
-            str(n["draining"]), str(n["failed"]), str(s["running_jobs"]), str(s["pending_jobs"]), str(s["pending_cpus"]),
+            s["name"], s["scaling"].replace("pinned to", "pinned"), str(s["max_nodes"]), str(n["starting"]), str(n["idle"]),
+            str(n["busy"]), str(n["draining"]), str(n["failed"]), str(s["running_jobs"]), str(s["pending_jobs"]), str(s["pending_cpus"]),
         )
     parts.append(table)
+    parts.append(Text("jobs: jobs running; wait: jobs waiting; cpus: CPUs they wait for", style="dim"))
     for s in doc["nodesets"]:
         if s["node_states"]:
             parts.append(f"  {s['name']}: " + ", ".join(f"{k} {v}" for k, v in s["node_states"].items()))
@@ -269,12 +320,13 @@ def _since(since: str | None) -> float:
 def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
     cluster: ClusterOpt = None,
+    file: FileOpt = None,
     since: Annotated[str | None, typer.Option(help="Only the last period, e.g. 1h, 30m (default: everything).")] = None,
 ) -> None:
     """An HTML report: demand, provisioned and busy nodes over time, scale events, provisioning latency."""
     from accordion.report import build
 
-    c = _load(cluster)
+    c = _load(cluster, file)
     page = build(c.config.name, [ns.name for ns in c.config.nodesets], c.paths.state, _since(since))
     try:
         output.write_text(page)
@@ -286,12 +338,13 @@ def report(
 @app.command()
 def events(
     cluster: ClusterOpt = None,
+    file: FileOpt = None,
     since: Annotated[str | None, typer.Option(help="Only events newer than this, e.g. 10m, 2h, 30s.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep printing new events.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON lines.")] = False,
 ) -> None:
     """Print the event log (node requested/started/registered/idle/busy/draining/removed/failed)."""
-    c = _load(cluster)
+    c = _load(cluster, file)
     start = _since(since)
     seen = 0
     while True:
@@ -308,22 +361,67 @@ def events(
 def shell(
     ctx: typer.Context,
     cluster: ClusterOpt = None,
+    file: FileOpt = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", "-u", help="Open it as this ordinary user of the host: jobs run as them, files are theirs."),
+    ] = None,
 ) -> None:
-    """A shell (or, after `--`, one command) where sbatch/squeue/sinfo/srun talk to this cluster."""
-    _need_root()
-    c = _load(cluster)
+    """The cluster's login node: a shell (or, after `--`, one command) where the scheduler's commands talk
+    to this cluster, on a host name of its own (`<cluster>-login`) that every node reaches."""
+    if os.geteuid() != 0:
+        # Entering the cluster's namespaces takes root; the shell itself then runs as the user.
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        raise fail(f"a login shell is opened by root: `sudo accordion shell --user {me}` (an administrator can allow exactly that command in sudoers)")
+    c = _load(cluster, file)
     if not c.scheduler.running():
         raise fail(f"cluster {c.config.name!r} is not running; `accordion up` first")
-    env = os.environ | c.scheduler.env() | {"ACCORDION_CLUSTER": c.config.name}
+    account = _account(user)
     cmd = list(ctx.args)
+    commands = ", ".join(c.scheduler.user_commands)
+    if account.pw_uid == 0:
+        env = os.environ | c.scheduler.env()
+        workdir = c.paths.shared
+    else:
+        try:
+            c.scheduler.user_added(account.pw_name)
+        except (CommandError, RuntimeError) as exc:
+            raise fail(f"--user: {account.pw_name} could not be added to the cluster's accounting: {exc}") from None
+        env = _user_env(account) | c.scheduler.env()
+        # Their own directory in the shared one: what they and their jobs write there is theirs.
+        workdir = c.paths.shared / account.pw_name
+        if not workdir.is_dir():
+            workdir.mkdir(mode=0o755)
+            os.chown(workdir, account.pw_uid, account.pw_gid)
+    env["ACCORDION_CLUSTER"] = c.config.name
     if not cmd:
-        env["PS1"] = f"({c.config.name}) \\w \\$ "
+        env["PS1"] = f"({c.config.name}) \\u@\\h \\w \\$ "
         cmd = ["bash", "--norc", "-i"]
-        err.print(f"cluster [bold]{c.config.name}[/]: sbatch, squeue, sinfo, srun work here; shared dir {c.paths.shared}; exit to leave")
-    os.chdir(c.paths.shared)
-    argv = c.provider.enter() + c.scheduler.wrap() + cmd
+        err.print(f"cluster [bold]{c.config.name}[/]: {commands} work here; shared dir {workdir}; exit to leave")
+    os.chdir(workdir)
+    drop = [] if account.pw_uid == 0 else [
+        # Every id and group of the user, no capability: from here on nothing runs as root.
+        "setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups", "--inh-caps=-all", "--",
+    ]
+    argv = c.provider.login() + c.scheduler.wrap() + drop + cmd
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
+
+
+def _account(user: str | None) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(user) if user else pwd.getpwuid(0)
+    except KeyError:
+        raise fail(f"--user: no user {user!r} on this machine (nodes share the host's accounts: `useradd` it first)", 2) from None
+
+
+def _user_env(account: pwd.struct_passwd) -> dict[str, str]:
+    """A fresh login environment: nothing of root's (PYTHONPATH, credentials in variables) reaches the user."""
+    env = {k: v for k, v in os.environ.items() if k in ("TERM", "LANG", "TZ", "COLORTERM") or k.startswith("LC_")}
+    return env | {
+        "HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name, "SHELL": account.pw_shell or "/bin/sh",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }
 
 
 @app.command()
@@ -332,13 +430,14 @@ def scale(
     count: Annotated[int | None, typer.Argument(help="Number of nodes to keep.")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="Give the node set back to automatic scaling.")] = False,
     cluster: ClusterOpt = None,
+    file: FileOpt = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the node set to reach the count (0: do not wait).")] = 60.0,
 ) -> None:
     """Pin a node set to COUNT nodes by hand; `--auto` gives it back to the controller."""
     _need_root()
     from accordion.controller import read_pins, write_pins
 
-    c = _load(cluster)
+    c = _load(cluster, file)
     try:
         ns = c.config.nodeset(nodeset)
     except KeyError:
@@ -481,12 +580,36 @@ def os_error_text(exc: OSError) -> str:
 
 
 
+def _own_history(name: str, nodes: int | None, cpus_per_node: int | None) -> tuple[Path, int, int]:
+    """The cluster's accounting as a job log, and its size (all its node sets' nodes, their largest CPU count)
+    unless given: read through the same reader as an exported file."""
+    import tempfile
+
+    c = _load(name)
+    try:
+        text = c.scheduler.history()
+    except (SchedulerError, CommandError) as exc:
+        raise fail(f"--cluster: {exc}") from None
+    fd, path = tempfile.mkstemp(prefix=f"{name}-accounting-", suffix=".sacct")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    atexit.register(os.unlink, path)
+    sets = c.config.nodesets
+    return Path(path), nodes or sum(ns.max_nodes for ns in sets), cpus_per_node or max(ns.cpus for ns in sets)
+
+
 def _advance(progress: Progress, task: TaskID, done: int) -> None:
     progress.update(task, completed=done)
 
 @app.command()
 def simulate(
-    trace: Annotated[Path, typer.Argument(help="Job log: SWF (plain or .gz) or a `sacct --parsable2` export.", show_default=False)],
+    trace: Annotated[
+        Path | None, typer.Argument(help="Job log: SWF (plain or .gz) or a `sacct --parsable2` export.", show_default=False)
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option("--cluster", "-c", help="Replay this running cluster's own accounting history instead of a file.")
+    ] = None,
+    file: FileOpt = None,
     policy: Annotated[str, typer.Option("--policy", "-p", help="Comma-separated policies: static, chsc, powersave, accordion.")] = "static,chsc,powersave,accordion",
     nodes: Annotated[int | None, typer.Option(help="Max nodes (default: the trace header's MaxNodes).")] = None,
     cpus_per_node: Annotated[int | None, typer.Option(help="CPUs per node (default: MaxProcs // MaxNodes).")] = None,
@@ -510,6 +633,11 @@ def simulate(
     from accordion.simulator.traces import TraceError
     from accordion.simulator.workload import prepare, run_policy
 
+    if (trace is None) == (cluster is None and file is None):
+        raise fail("give a job log file, or the cluster whose history to replay (--cluster NAME or --file FILE)", 2)
+    if trace is None:
+        trace, nodes, cpus_per_node = _own_history(_cluster_name(cluster, file), nodes, cpus_per_node)
+    assert trace is not None
     names = [p.strip() for p in policy.split(",") if p.strip()]
     unknown = [p for p in names if p not in POLICIES]
     if unknown or not names:

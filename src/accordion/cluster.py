@@ -116,6 +116,8 @@ class Cluster:
                 f"`accordion down -c {self.config.name}` first, or pick another name"
             )
         fresh = existing is None
+        # Records kept by `down --keep-data` survive an `up` that fails.
+        had_data = any(p.exists() for p in self.scheduler.data())
         try:
             # Traverse-only: the daemons that drop root reach their own files (key, state, log) below, nothing else.
             for d in (self.paths.state, self.paths.logs):
@@ -137,7 +139,7 @@ class Cluster:
         except BaseException:
             if fresh:
                 progress("cleaning up after the failure")
-                self.down(lambda _: None, force=True)
+                self.down(lambda _: None, force=True, keep_data=had_data)
             raise
 
     def _wait_ready(self, progress: Progress, wait: float) -> None:
@@ -173,8 +175,9 @@ class Cluster:
         except (OSError, IndexError):
             return "no output"
 
-    def down(self, progress: Progress, force: bool = False) -> None:
-        """`force`: remove what is here even if the provider cannot remove the nodes."""
+    def down(self, progress: Progress, force: bool = False, keep_data: bool = False) -> None:
+        """`force`: remove what is here even if the provider cannot remove the nodes. `keep_data`: keep the
+        scheduler's records (the accounting database) for the next `up` of the same name."""
         progress("controller")
         self.stop_controller()
         progress("nodes")
@@ -193,6 +196,19 @@ class Cluster:
         progress(f"{self.config.scheduler} server")
         self.scheduler.teardown()
         progress("files")
+        kept = self.scheduler.data() if keep_data else []
+        if kept and self.paths.state.is_dir():
+            # Everything but the records: without cluster.json the cluster is gone (`list` does not show it).
+            for entry in self.paths.state.iterdir():
+                if entry in kept:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            shutil.rmtree(self.paths.run, ignore_errors=True)
+            shutil.rmtree(self.paths.shared, ignore_errors=True)
+            return
         for d in (self.paths.state, self.paths.run, self.paths.shared):
             shutil.rmtree(d, ignore_errors=True)
         for root in (state_root(), run_root(), shared_root()):

@@ -72,6 +72,10 @@ class Provider(Protocol):
     def enter(self) -> list[str]:
         """A command prefix that runs a program where it can reach the scheduler's server."""
 
+    def login(self) -> list[str]:
+        """A command prefix for the login node's shell: `enter()`, and where the provider can, a host name
+        of its own that resolves, there and on every node, to an address the nodes reach. Runs as root."""
+
     def create(self, spec: NodeSpec) -> None:
         """Start the node; returns once its main process is running. Leaves nothing behind on failure."""
 

@@ -28,7 +28,7 @@ from accordion.config import ClusterConfig, Host
 from accordion.paths import ClusterPaths
 from accordion.providers.agent import AgentClient, client_context, ensure_vxlan, nodes_of, secret_data, spec_to_json
 from accordion.providers.base import NodeInfo, NodeSpec, ProviderError
-from accordion.providers.local import HEAD, NodeRuntime, enter_netns, hosts_file
+from accordion.providers.local import HEAD, NodeRuntime, enter_netns, hosts_file, login_prefix
 from accordion.sh import run
 from accordion.store import read_json, write_json
 
@@ -110,6 +110,9 @@ class HostsProvider:
 
     def enter(self) -> list[str]:
         return enter_netns(self.netns)
+
+    def login(self) -> list[str]:
+        return login_prefix(self.config, self.paths, self.netns)
 
     def _local_address(self) -> str:
         """This machine's address towards the hosts (the source the kernel would use): the head's end of the tunnels."""

@@ -176,6 +176,10 @@ class KubernetesProvider:
     def enter(self) -> list[str]:
         return ["ip", "netns", "exec", self.settings.network_namespace] if self.settings.network_namespace else []
 
+    def login(self) -> list[str]:
+        # The head Pod is the login node here; its own host name is what Kubernetes gave it.
+        return self.enter()
+
     # ----- nodes -----
 
     def _ensure_secret(self, spec: NodeSpec) -> None:

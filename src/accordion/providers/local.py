@@ -80,10 +80,27 @@ def node_address(index: int) -> str:
     return str(NETWORK.network_address + FIRST_NODE + index)
 
 
+def login_name(config: ClusterConfig) -> str:
+    return f"{config.name}-login"
+
+
 def hosts_file(config: ClusterConfig) -> str:
-    lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{config.name}-head"]
+    # The head's name first, as before the login name existed: what the head address resolves back to.
+    lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{config.name}-head {login_name(config)}"]
     lines += [f"{node_address(i)}\t{n}" for i, n in enumerate(config.all_nodes())]
     return "\n".join(lines) + "\n"
+
+
+def login_prefix(config: ClusterConfig, paths: ClusterPaths, netns: str) -> list[str]:
+    """The login node: the cluster's network, and a UTS and mount namespace in which the host name is
+    `<cluster>-login` and /etc/hosts is the cluster's, so that it resolves to the head address, which every
+    node reaches. Tools that advertise the submit host (dask's scheduler, MPI launchers) then work with
+    their defaults instead of advertising the host's name or 127.0.0.1."""
+    script = 'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"'
+    return enter_netns(netns) + [
+        "unshare", "--uts", "--mount", "--propagation", "private",
+        "sh", "-c", script, str(paths.run / "hosts"), login_name(config),
+    ]
 
 
 def enter_netns(netns: str) -> list[str]:
@@ -439,6 +456,9 @@ class LocalProvider:
 
     def enter(self) -> list[str]:
         return enter_netns(self.netns)
+
+    def login(self) -> list[str]:
+        return login_prefix(self.config, self.paths, self.netns)
 
     def setup(self) -> None:
         self.runtime.setup(str(HEAD))

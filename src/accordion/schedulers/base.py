@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from accordion.model import SchedulerView
@@ -10,6 +11,8 @@ from accordion.providers.base import NodeSpec
 
 class Scheduler(Protocol):
     name: str
+    # The commands users type, for hints: submit first, then queue and nodes.
+    user_commands: tuple[str, ...]
 
     def setup(self) -> None:
         """Generate keys and configuration, start the scheduler's server; idempotent."""
@@ -23,6 +26,15 @@ class Scheduler(Protocol):
 
     def wrap(self) -> list[str]:
         """A command prefix under which the scheduler's own tools find this cluster (may be empty)."""
+
+    def user_added(self, user: str) -> None:
+        """An ordinary user opened a login shell: make them known where the scheduler needs it (accounting)."""
+
+    def history(self) -> str:
+        """Every job the cluster has run, as a job log `accordion simulate` reads (sacct --parsable2 or SWF)."""
+
+    def data(self) -> list[Path]:
+        """The cluster's records (job accounting) that `accordion down --keep-data` keeps for the next `up`."""
 
     def node_spec(self, node: str) -> NodeSpec:
         """What a node container runs: the scheduler's node agent and what it must see."""
