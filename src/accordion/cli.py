@@ -518,17 +518,21 @@ def supervise(cluster: ClusterOpt = None) -> None:
 
 @app.command()
 def agent(
-    cluster: Annotated[str, typer.Option("--cluster", "-c", help="The cluster this host serves.")],
     host: Annotated[str, typer.Option("--host", help="This host's name in the cluster file's hosts.")],
     address: Annotated[str, typer.Option("--address", help="This host's address in the cluster file (where the agent listens).")],
     port: Annotated[int, typer.Option("--port", help="TCP port of the agent.")] = 7471,
     install: Annotated[Path | None, typer.Option("--install", help="Install the certificate bundle made by `accordion enrol`, then exit.")] = None,
     announce: Annotated[bool, typer.Option("--announce/--no-announce", help="Announce this agent with DNS-SD on the interface of --address.")] = True,
+    cluster: Annotated[str | None, typer.Option("--cluster", "-c", help="The cluster this host serves.")] = None,
+    file: FileOpt = None,
 ) -> None:
     """Run this host's agent for provider `hosts` (its first run says how to enrol the host)."""
     from accordion.providers import agent as host_agent
 
     _need_root()
+    if cluster is None and file is None:
+        raise fail("--cluster or --file: which cluster this host serves", 2)
+    cluster = _cluster_name(cluster, file)
     if install is not None:
         try:
             host_agent.install_bundle(cluster, install.read_bytes())
