@@ -85,10 +85,11 @@ class FakeScheduler:
     def node_started(self, node):
         pass
 
-    def release(self, node, reason):
-        cur = self.state[node]
-        busy = cur.state == SchedState.BUSY
-        self.state[node] = SchedNode(node, SchedState.DRAINING if busy else SchedState.DRAINED, cur.free_cpus, None, reason)
+    def release(self, nodes, reason):
+        for node in nodes:
+            cur = self.state[node]
+            busy = cur.state == SchedState.BUSY
+            self.state[node] = SchedNode(node, SchedState.DRAINING if busy else SchedState.DRAINED, cur.free_cpus, None, reason)
 
     def node_spec(self, node):
         return NodeSpec(node, 2, 512, ["true"])

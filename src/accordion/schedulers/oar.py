@@ -437,8 +437,9 @@ class OarScheduler:
     def sshd_answers(self, node: str) -> bool:
         return self._connects(self.provider.address(node), SSHD_PORT, "SSH-")
 
-    def release(self, node: str, reason: str) -> None:
-        self._cmd(["oarnodesetting", "-d", "on", "-h", node])
+    def release(self, nodes: list[str], reason: str) -> None:
+        for node in nodes:
+            self._cmd(["oarnodesetting", "-d", "on", "-h", node])
 
     # ----- observation -----
 

@@ -318,9 +318,10 @@ class SlurmScheduler:
     def node_started(self, node: str) -> None:
         """Nothing to do: slurmd registers itself and ReturnToService=2 puts the node in service."""
 
-    def release(self, node: str, reason: str) -> None:
-        """Stop new jobs landing on the node; it is removed once `observe` reports it DRAINED."""
-        self._update([node], "State=DRAIN", f"Reason={REASON_PREFIX} {reason}")
+    def release(self, nodes: list[str], reason: str) -> None:
+        """Stop new jobs landing on the nodes (one command for all); each is removed once `observe` reports
+        it DRAINED."""
+        self._update(nodes, "State=DRAIN", f"Reason={REASON_PREFIX} {reason}")
 
     # ----- observation -----
 
