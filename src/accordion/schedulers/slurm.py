@@ -20,6 +20,7 @@ import secrets
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -336,10 +337,14 @@ class SlurmScheduler:
             return None
 
     def observe(self) -> SchedulerView:
-        jobs = parse_squeue_json(self._cmd(["squeue", "--json"]), [ns.name for ns in self.config.nodesets])
+        # Both commands at once: each is tens of milliseconds of a job's wait for its first node.
+        with ThreadPoolExecutor(max_workers=1) as side:
+            node_lines = side.submit(self._cmd, ["scontrol", "show", "node", "-o"])
+            jobs = parse_squeue_json(self._cmd(["squeue", "--json"]), [ns.name for ns in self.config.nodesets])
+            node_text = node_lines.result()
         with_jobs = {n for j in jobs if j.running for n in j.node_names}
         nodes: dict[str, SchedNode] = {}
-        for line in self._cmd(["scontrol", "show", "node", "-o"]).splitlines():
+        for line in node_text.splitlines():
             if line.strip():
                 fields = parse_scontrol_oneliner(line)
                 view = node_view(fields, fields.get("NodeName", "") in with_jobs)
