@@ -66,6 +66,7 @@ class FakeScheduler:
         self.jobs: list[Job] = []
         self.state: dict[str, SchedNode] = {}
         self.absent_calls: list[tuple[str, str]] = []
+        self.nudges = 0
 
     def observe(self) -> SchedulerView:
         for name in self.provider.nodes:
@@ -84,6 +85,9 @@ class FakeScheduler:
 
     def node_started(self, node):
         pass
+
+    def nudge(self):
+        self.nudges += 1
 
     def release(self, nodes, reason):
         for node in nodes:
@@ -360,3 +364,23 @@ def test_drain_by_someone_else_is_kept_and_its_container_removed_once_empty(tmp_
     snap = ctl.snapshot(sched.observe(), prov.list(), now[0])
     assert snap.nodes[0].state.value == "held"
     assert ctl._held == {"c-0": "maintenance"}
+
+
+def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_path, monkeypatch):
+    """OAR defers a pass asked for too soon after its last and then sleeps 10 s: the controller asks again,
+    a second apart, a bounded number of times per (waiting jobs, idle nodes)."""
+    monkeypatch.setattr("accordion.controller.NUDGE_INTERVAL", 0.0)
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    step(ctl)  # starts c-0; nothing idle yet: no nudge
+    assert sched.nudges == 0
+    for _ in range(6):
+        step(ctl)  # c-0 idle, job 1 still waiting (the scheduler has not started it)
+    assert sched.nudges == 3
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0), Job("2", "c", 1, 1, False, 0.0)]
+    for _ in range(6):
+        step(ctl)  # a new waiting job: a new round
+    assert sched.nudges == 6
+    sched.jobs = [Job("1", "c", 1, 1, True, 0.0, node_names=("c-0",))]
+    step(ctl)
+    assert sched.nudges == 6  # nothing waits

@@ -30,6 +30,11 @@ from accordion.store import private, read_json, write_json
 
 log = logging.getLogger("accordion.controller")
 
+# A scheduler may defer a pass asked for too soon after its last one (OAR's Almighty: within
+# SCHEDULER_MIN_TIME_BETWEEN_2_CALLS, 1 s here) and then sleep 10 s: so ask again, a second apart.
+NUDGES = 3
+NUDGE_INTERVAL = 1.1
+
 
 @dataclass
 class Op:
@@ -93,6 +98,9 @@ class Controller:
         self._held: dict[str, str] = {}  # node -> reason, for nodes drained by someone else
         self._absent: dict[str, list[str]] = {}  # reason -> nodes taken out this step, told in `_flush`
         self._dirty = False  # failures or registrations changed this step: saved in `_flush`
+        self._nudge_key: object = None  # (waiting jobs, idle nodes) last nudged for
+        self._nudges_left = 0
+        self._next_nudge = 0.0
         self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="node")
 
     def close(self) -> None:
@@ -281,6 +289,24 @@ class Controller:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
             self._submit(start.node, "start")
 
+    def _nudge(self, snap: Snapshot) -> None:
+        """A job waits and an idle node of its node sets has room: ask the scheduler for a pass now rather
+        than at its own next tick, and again a second and two later, once per such situation."""
+        waiting = [j for j in snap.jobs if j.waiting]
+        sets = {ns for j in waiting for ns in j.candidates}
+        idle = frozenset(n.name for n in snap.nodes if n.state == NodeState.IDLE and n.free_cpus > 0 and n.nodeset in sets)
+        if not idle:
+            self._nudges_left = 0
+            return
+        key = (frozenset(j.id for j in waiting), idle)
+        if key != self._nudge_key:
+            self._nudge_key, self._nudges_left, self._next_nudge = key, NUDGES, 0.0
+        now = time.monotonic()
+        if self._nudges_left and now >= self._next_nudge:
+            self.scheduler.nudge()
+            self._nudges_left -= 1
+            self._next_nudge = now + NUDGE_INTERVAL
+
     def _start(self, node: str) -> None:
         """Runs on the pool."""
         self.scheduler.node_starting(node)
@@ -367,6 +393,7 @@ class Controller:
         self._transitions(snap)
         plan = policy.decide(snap)
         self._act(plan, snap, view)
+        self._nudge(snap)
         self.last_plan = plan
         self._write_status(snap)
         if self.metrics:
@@ -403,7 +430,7 @@ class Controller:
                 try:
                     self._supervise()
                     self.step()
-                    moving = bool(self.last_plan.start or self.last_plan.stop or self.ops) or any(
+                    moving = bool(self.last_plan.start or self.last_plan.stop or self.ops or self._nudges_left) or any(
                         s in (NodeState.STARTING, NodeState.DRAINING) for s in self.last.values()
                     )
                     failing = ""

@@ -319,6 +319,11 @@ class SlurmScheduler:
     def node_started(self, node: str) -> None:
         """Nothing to do: slurmd registers itself and ReturnToService=2 puts the node in service."""
 
+    def nudge(self) -> None:
+        """Nothing to ask: Slurm 22.05 starts a batch job only at a pass of its main or backfill loop (each
+        once a second); every RPC tried (job, node, partition and reservation updates, `scontrol top`, an
+        salloc ending) only queues a pass for the next tick (README, Benchmarks: cold start)."""
+
     def release(self, nodes: list[str], reason: str) -> None:
         """Stop new jobs landing on the nodes (one command for all); each is removed once `observe` reports
         it DRAINED."""
