@@ -425,12 +425,13 @@ class Controller:
         while not stop.is_set():
             token = self._token()
             now = time.monotonic()
-            if moving or token != last_token or now - last_step >= settings.resync_interval:
+            nudge_due = self._nudges_left > 0 and now >= self._next_nudge
+            if moving or nudge_due or token != last_token or now - last_step >= settings.resync_interval:
                 last_token, last_step = token, now
                 try:
                     self._supervise()
                     self.step()
-                    moving = bool(self.last_plan.start or self.last_plan.stop or self.ops or self._nudges_left) or any(
+                    moving = bool(self.last_plan.start or self.last_plan.stop or self.ops) or any(
                         s in (NodeState.STARTING, NodeState.DRAINING) for s in self.last.values()
                     )
                     failing = ""
