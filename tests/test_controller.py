@@ -384,3 +384,22 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
     sched.jobs = [Job("1", "c", 1, 1, True, 0.0, node_names=("c-0",))]
     step(ctl)
     assert sched.nudges == 6  # nothing waits
+
+
+def test_nodes_boot_a_bounded_number_at_a_time(tmp_path, monkeypatch):
+    """A burst starts at most 4 x workers nodes that have not registered yet; the rest follow as they do."""
+    _, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    sched.registers = False
+    cfg = ClusterConfig.model_validate({"name": "t", "nodesets": [{"name": "c", "max_nodes": 10, "idle_timeout": 10}], "controller": {"workers": 1}})
+    ctl = Controller(cfg, paths, sched, prov, EventLog(paths.events, "t"), clock=lambda: now[0])
+    sched.jobs = [Job("1", "c", 10, 1, False, 0.0)]
+    step(ctl)
+    assert len(prov.nodes) == 4
+    step(ctl)
+    assert len(prov.nodes) == 4  # none registered: no more start
+    sched.registers = True
+    step(ctl)  # the 4 register; 4 more start
+    assert len(prov.nodes) == 8
+    step(ctl)
+    step(ctl)
+    assert len(prov.nodes) == 10
