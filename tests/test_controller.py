@@ -71,6 +71,7 @@ class FakeScheduler:
         self.jobs: list[Job] = []
         self.state: dict[str, SchedNode] = {}
         self.absent_calls: list[tuple[str, str]] = []
+        self.nudges = 0
 
     def observe(self) -> SchedulerView:
         for name in self.provider.nodes:
@@ -90,10 +91,14 @@ class FakeScheduler:
     def node_started(self, node):
         pass
 
-    def release(self, node, reason):
-        cur = self.state[node]
-        busy = cur.state == SchedState.BUSY
-        self.state[node] = SchedNode(node, SchedState.DRAINING if busy else SchedState.DRAINED, cur.free_cpus, None, reason)
+    def nudge(self):
+        self.nudges += 1
+
+    def release(self, nodes, reason):
+        for node in nodes:
+            cur = self.state[node]
+            busy = cur.state == SchedState.BUSY
+            self.state[node] = SchedNode(node, SchedState.DRAINING if busy else SchedState.DRAINED, cur.free_cpus, None, reason)
 
     def node_spec(self, node):
         return NodeSpec(node, 2, 512, ["true"])
@@ -373,3 +378,42 @@ def test_drain_by_someone_else_is_kept_and_its_container_removed_once_empty(tmp_
     snap = ctl.snapshot(sched.observe(), prov.list(), now[0])
     assert snap.nodes[0].state.value == "held"
     assert ctl._held == {"c-0": "maintenance"}
+
+
+def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_path, monkeypatch):
+    """OAR defers a pass asked for too soon after its last and then sleeps 10 s: the controller asks again,
+    a second apart, a bounded number of times per (waiting jobs, idle nodes)."""
+    monkeypatch.setattr("accordion.controller.NUDGE_INTERVAL", 0.0)
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    step(ctl)  # starts c-0; nothing idle yet: no nudge
+    assert sched.nudges == 0
+    for _ in range(6):
+        step(ctl)  # c-0 idle, job 1 still waiting (the scheduler has not started it)
+    assert sched.nudges == 3
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0), Job("2", "c", 1, 1, False, 0.0)]
+    for _ in range(6):
+        step(ctl)  # a new waiting job: a new round
+    assert sched.nudges == 6
+    sched.jobs = [Job("1", "c", 1, 1, True, 0.0, node_names=("c-0",))]
+    step(ctl)
+    assert sched.nudges == 6  # nothing waits
+
+
+def test_nodes_boot_a_bounded_number_at_a_time(tmp_path, monkeypatch):
+    """A burst starts at most 4 x workers nodes that have not registered yet; the rest follow as they do."""
+    _, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    sched.registers = False
+    cfg = ClusterConfig.model_validate({"name": "t", "nodesets": [{"name": "c", "max_nodes": 10, "idle_timeout": 10}], "controller": {"workers": 1}})
+    ctl = Controller(cfg, paths, sched, prov, EventLog(paths.events, "t"), clock=lambda: now[0])
+    sched.jobs = [Job("1", "c", 10, 1, False, 0.0)]
+    step(ctl)
+    assert len(prov.nodes) == 4
+    step(ctl)
+    assert len(prov.nodes) == 4  # none registered: no more start
+    sched.registers = True
+    step(ctl)  # the 4 register; 4 more start
+    assert len(prov.nodes) == 8
+    step(ctl)
+    step(ctl)
+    assert len(prov.nodes) == 10

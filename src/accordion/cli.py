@@ -110,7 +110,10 @@ def up(
         raise fail(str(exc), 2) from None
     except Exception as exc:  # pydantic re-validation of --name
         raise fail(f"--name: {name!r} is not allowed: use lower-case letters, digits and -, starting with a letter ({type(exc).__name__})", 2) from None
-    cluster = Cluster(config)
+    try:
+        cluster = Cluster(config)  # a provider refuses what it cannot run (the local one: > 1024 nodes)
+    except ConfigError as exc:
+        raise fail(f"{file or 'accordion.yaml'}: {exc}", 2) from None
     t0 = time.monotonic()
     try:
         with err.status(f"[bold]{config.name}[/]: starting") as status:

@@ -30,6 +30,11 @@ from accordion.store import private, read_json, write_json
 
 log = logging.getLogger("accordion.controller")
 
+# A scheduler may defer a pass asked for too soon after its last one (OAR's Almighty: within
+# SCHEDULER_MIN_TIME_BETWEEN_2_CALLS, 1 s here) and then sleep 10 s: so ask again, a second apart.
+NUDGES = 3
+NUDGE_INTERVAL = 1.1
+
 
 @dataclass
 class Op:
@@ -88,10 +93,20 @@ class Controller:
         self.last: dict[str, NodeState] = {}
         self._status_written = 0.0
         self.last_plan = Plan()
-        self._status_blob = ""
+        self._status_last: dict[str, object] = {}
         self.ops: dict[str, Op] = {}
         self._held: dict[str, str] = {}  # node -> reason, for nodes drained by someone else
+        self._absent: dict[str, list[str]] = {}  # reason -> nodes taken out this step, told in `_flush`
+        self._dirty = False  # failures or registrations changed this step: saved in `_flush`
+        self._nudge_key: object = None  # (waiting jobs, idle nodes) last nudged for
+        self._nudges_left = 0
+        self._next_nudge = 0.0
         self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="node")
+        # Nodes booting at once (requested, not registered yet). The pool bounds the `create` calls, but a
+        # created node's agent boots after `create` returns: 280 slurmd booting together on 2 cores took
+        # 15-30 s each to register and 112 missed resume_timeout (bench/burst.py). The rest of a plan's starts
+        # wait for the next steps (the policy plans them again).
+        self.max_booting = 4 * self.settings.workers
 
     def close(self) -> None:
         """Stop taking work; starts still running are left to finish (a daemon exit does not wait for them)."""
@@ -117,6 +132,7 @@ class Controller:
                 self.events.emit("started", name, self.nodeset_of[name])
             else:
                 self._take_out(name, f"could not start: {error}", failed=True)
+        self._flush()
 
     def _submit(self, name: str, kind: str) -> None:
         task = self._start if kind == "start" else self.provider.delete
@@ -142,10 +158,20 @@ class Controller:
             self.failures[name] = Failure(count, reason, self.clock() + wait)
             reason += f"; retried in {wait:.0f} s" if wait else ""
             kind = "failed"
-        self._save()
+        self._dirty = True
         if tell:
-            self.scheduler.mark_absent([name], reason)
+            self._absent.setdefault(reason, []).append(name)
         self.events.emit(kind, name, self.nodeset_of.get(name, ""), reason)
+
+    def _flush(self) -> None:
+        """Save and tell the scheduler what `_take_out` decided: once per step and reason, not once per node
+        (280 nodes timing out together were 840 scheduler commands in a row)."""
+        if self._dirty:
+            self._save()
+            self._dirty = False
+        absent, self._absent = self._absent, {}
+        for reason, names in absent.items():
+            self.scheduler.mark_absent(names, reason)
 
     def _reconcile(self, view: SchedulerView, containers: dict[str, NodeInfo]) -> None:
         """Make provider and scheduler agree before deciding anything (starts and removals in flight aside)."""
@@ -175,6 +201,7 @@ class Controller:
             elif sn.state == SchedState.DOWN:
                 del containers[name]
                 self._take_out(name, f"set down by {self.scheduler.name}: {sn.reason}", "failed")
+        self._flush()
         lost: list[str] = []
         unmarked: list[str] = []
         for name in self.nodeset_of:
@@ -243,6 +270,7 @@ class Controller:
 
     def _act(self, plan: Plan, snap: Snapshot, view: SchedulerView) -> None:
         states = {n.name: n.state for n in snap.nodes}
+        release: dict[str, list[str]] = {}
         for stop in plan.stop:
             op = self.ops.get(stop.node)
             sn = view.nodes.get(stop.node)
@@ -252,16 +280,38 @@ class Controller:
             elif sn is not None and sn.state not in (SchedState.IDLE, SchedState.BUSY):
                 continue  # unresponsive or leaving: the scheduler decides first
             else:
-                self.scheduler.release(stop.node, stop.reason)
+                release.setdefault(stop.reason, []).append(stop.node)
                 self.events.emit("draining", stop.node, stop.nodeset, stop.reason)
             if self.metrics:
                 self.metrics.scale_downs.labels(self.config.name, stop.nodeset, reason_kind(stop.reason)).inc()
-        for start in plan.start:
+        self._flush()
+        for reason, names in release.items():
+            self.scheduler.release(names, reason)
+        booting = sum(1 for n in snap.nodes if n.state == NodeState.STARTING)
+        for start in plan.start[: max(0, self.max_booting - booting)]:
             self.events.emit("requested", start.node, start.nodeset, start.reason)
             self.requested_at[start.node] = snap.now
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
             self._submit(start.node, "start")
+
+    def _nudge(self, snap: Snapshot) -> None:
+        """A job waits and an idle node of its node sets has room: ask the scheduler for a pass now rather
+        than at its own next tick, and again a second and two later, once per such situation."""
+        waiting = [j for j in snap.jobs if j.waiting]
+        sets = {ns for j in waiting for ns in j.candidates}
+        idle = frozenset(n.name for n in snap.nodes if n.state == NodeState.IDLE and n.free_cpus > 0 and n.nodeset in sets)
+        if not idle:
+            self._nudges_left = 0
+            return
+        key = (frozenset(j.id for j in waiting), idle)
+        if key != self._nudge_key:
+            self._nudge_key, self._nudges_left, self._next_nudge = key, NUDGES, 0.0
+        now = time.monotonic()
+        if self._nudges_left and now >= self._next_nudge:
+            self.scheduler.nudge()
+            self._nudges_left -= 1
+            self._next_nudge = now + NUDGE_INTERVAL
 
     def _start(self, node: str) -> None:
         """Runs on the pool."""
@@ -295,27 +345,30 @@ class Controller:
         )
 
     def _write_status(self, snap: Snapshot) -> None:
-        blob = json.dumps(
-            {
-                "nodes": [{"name": n.name, "nodeset": n.nodeset, "state": n.state.value, "since": n.since} for n in snap.nodes],
-                "jobs": [
-                    {"id": j.id, "nodeset": j.nodeset, "nodes": j.nodes, "cpus_per_node": j.cpus_per_node, "running": j.running,
-                     "reason": j.reason, "count": j.count, "waiting": j.waiting}
-                    for j in snap.jobs
-                ],
-                "pins": {s.name: s.pinned for s in snap.nodesets if s.pinned is not None},
-                # Why a name is out of use: its last start failures (and when it is retried), or a drain by
-                # an administrator or by the scheduler (until they resume it).
-                "failures": {n: asdict(f) for n, f in self.failures.items()},
-                "held": {n.name: self._held.get(n.name, "") for n in snap.nodes if n.state == NodeState.HELD},
-            },
-            sort_keys=True,
-        )
-        if blob != self._status_blob or snap.now - self._status_written > 2:
-            write_json(self.paths.state / "status.json", {"ts": snap.now, **json.loads(blob)})
-            if blob != self._status_blob:
+        status = {
+            # A busy, draining or failed node's `since` is the step's own time: null, so that the file (and a
+            # sample) is rewritten when something changed, not at every step of a busy cluster.
+            "nodes": [
+                {"name": n.name, "nodeset": n.nodeset, "state": n.state.value, "since": None if n.since == snap.now else n.since}
+                for n in snap.nodes
+            ],
+            "jobs": [
+                {"id": j.id, "nodeset": j.nodeset, "nodes": j.nodes, "cpus_per_node": j.cpus_per_node, "running": j.running,
+                 "reason": j.reason, "count": j.count, "waiting": j.waiting}
+                for j in snap.jobs
+            ],
+            "pins": {s.name: s.pinned for s in snap.nodesets if s.pinned is not None},
+            # Why a name is out of use: its last start failures (and when it is retried), or a drain by
+            # an administrator or by the scheduler (until they resume it).
+            "failures": {n: asdict(f) for n, f in self.failures.items()},
+            "held": {n.name: self._held.get(n.name, "") for n in snap.nodes if n.state == NodeState.HELD},
+        }
+        # Compared as objects: encoding 4,000 nodes and their jobs at every step to compare costs more.
+        if status != self._status_last or snap.now - self._status_written > 2:
+            write_json(self.paths.state / "status.json", {"ts": snap.now, **status})
+            if status != self._status_last:
                 self._sample(snap)
-            self._status_blob, self._status_written = blob, snap.now
+            self._status_last, self._status_written = status, snap.now
 
     def _sample(self, snap: Snapshot) -> None:
         """One line of the time series `accordion report` plots, written only when something changed."""
@@ -346,6 +399,7 @@ class Controller:
         self._transitions(snap)
         plan = policy.decide(snap)
         self._act(plan, snap, view)
+        self._nudge(snap)
         self.last_plan = plan
         self._write_status(snap)
         if self.metrics:
@@ -377,7 +431,8 @@ class Controller:
         while not stop.is_set():
             token = self._token()
             now = time.monotonic()
-            if moving or token != last_token or now - last_step >= settings.resync_interval:
+            nudge_due = self._nudges_left > 0 and now >= self._next_nudge
+            if moving or nudge_due or token != last_token or now - last_step >= settings.resync_interval:
                 last_token, last_step = token, now
                 try:
                     self._supervise()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from accordion.model import NodeState, Snapshot, demand
@@ -48,12 +50,15 @@ class Metrics:
         return int(server.server_port)
 
     def update(self, snap: Snapshot) -> None:
+        # One pass over nodes and jobs, not one per node set and state.
+        counts = Tally((n.nodeset, n.state) for n in snap.nodes)
+        running = Tally(j.nodeset for j in snap.jobs if j.running)
         for spec in snap.nodesets:
             lab = (self.cluster, spec.name)
             self.max_nodes.labels(*lab).set(spec.max_nodes)
             for state in NodeState:
-                self.nodes.labels(*lab, state.value).set(sum(1 for n in snap.nodes if n.nodeset == spec.name and n.state == state))
+                self.nodes.labels(*lab, state.value).set(counts[spec.name, state])
             jobs, cpus = demand(snap.jobs, spec.name)
             self.pending_jobs.labels(*lab).set(jobs)
             self.pending_cpus.labels(*lab).set(cpus)
-            self.running_jobs.labels(*lab).set(sum(1 for j in snap.jobs if j.nodeset == spec.name and j.running))
+            self.running_jobs.labels(*lab).set(running[spec.name])

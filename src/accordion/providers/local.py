@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from accordion.config import ClusterConfig
+from accordion.errors import ConfigError
 from accordion.paths import ClusterPaths, run_root, shared_root, state_root
 from accordion.providers.base import NODE_CAPABILITIES, NodeInfo, NodeSpec, ProviderError
 from accordion.sh import CommandError, run
@@ -31,6 +32,9 @@ NETWORK = ipaddress.IPv4Network("10.77.0.0/16")
 HEAD = NETWORK.network_address + 1
 FIRST_NODE = 10
 BRIDGE = "br0"
+# Every node is a port of the cluster's one bridge, and a Linux bridge takes at most 1024 ports
+# (BR_MAX_PORTS): a larger cluster is refused before anything is made, not at its 1025th start.
+MAX_NODES = 1024
 # `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
 START_TIMEOUT = 30
 
@@ -245,18 +249,20 @@ class NodeRuntime:
     def _network(self, name: str) -> None:
         ns = self._node_netns(name)
         veth = f"v{self._index[name]}"
+        # Three `ip` processes, not eight: each is ~10 ms of a start on a loaded machine. `-batch` stops at
+        # the first failing line and exits non-zero, naming it.
         run(["ip", "netns", "add", ns])
-        run(["ip", "-n", self.netns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-        run(["ip", "-n", self.netns, "link", "set", veth, "master", BRIDGE, "up"])
-        inside = ["ip", "-n", ns]
-        run(inside + ["link", "set", "lo", "up"])
-        run(inside + ["link", "set", "eth0", "address", self._mac(name)])
-        run(inside + ["addr", "add", f"{self.address(name)}/{NETWORK.prefixlen}", "dev", "eth0"])
-        if self.mtu is not None:
-            # Frames leaving through a VXLAN tunnel lose its overhead: the bridge would drop bigger ones.
-            run(["ip", "-n", self.netns, "link", "set", veth, "mtu", str(self.mtu)])
-            run(inside + ["link", "set", "eth0", "mtu", str(self.mtu)])
-        run(inside + ["link", "set", "eth0", "up"])
+        mtu = f" mtu {self.mtu}" if self.mtu is not None else ""  # a VXLAN tunnel's overhead: smaller frames
+        run(["ip", "-n", self.netns, "-batch", "-"], input=(
+            f"link add {veth} type veth peer name eth0 netns {ns}\n"
+            f"link set {veth} master {BRIDGE}{mtu} up\n"
+        ))
+        run(["ip", "-n", ns, "-batch", "-"], input=(
+            "link set lo up\n"
+            f"link set eth0 address {self._mac(name)}{mtu}\n"
+            f"addr add {self.address(name)}/{NETWORK.prefixlen} dev eth0\n"
+            "link set eth0 up\n"
+        ))
 
     def _rootfs(self, spec: NodeSpec, secrets: dict[str, bytes]) -> Path:
         node_dir = self._node_dir(spec.name)
@@ -445,6 +451,13 @@ class LocalProvider:
     def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
         self.config = config
         self.paths = paths
+        nodes = len(config.all_nodes())
+        if nodes > MAX_NODES:
+            sizes = " + ".join(str(ns.max_nodes) for ns in config.nodesets)
+            raise ConfigError(
+                f"nodesets[].max_nodes: {sizes} = {nodes} nodes; provider 'local' puts every node on one "
+                f"Linux bridge, which takes at most {MAX_NODES} ports: at most {MAX_NODES} nodes per cluster"
+            )
         self.runtime = NodeRuntime(config, config.name, paths.run, paths.logs)
         self.netns = self.runtime.netns
 

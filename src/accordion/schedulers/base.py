@@ -55,5 +55,9 @@ class Scheduler(Protocol):
         the cluster's network (or leave it to the scheduler's own registration). Runs on the start pool,
         beside the loop; raises if the node cannot be brought into service."""
 
-    def release(self, node: str, reason: str) -> None:
-        """No new jobs on the node; `observe` reports it DRAINED once it is empty."""
+    def nudge(self) -> None:
+        """Ask the scheduler for a scheduling pass now: the controller calls it while a job waits beside an
+        idle node (a few times, a second apart). A no-op where the scheduler offers no such call."""
+
+    def release(self, nodes: list[str], reason: str) -> None:
+        """No new jobs on the nodes; `observe` reports each DRAINED once it is empty."""

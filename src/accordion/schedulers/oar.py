@@ -448,8 +448,21 @@ class OarScheduler:
     def sshd_answers(self, node: str) -> bool:
         return self._connects(self.provider.address(node), SSHD_PORT, "SSH-")
 
-    def release(self, node: str, reason: str) -> None:
-        self._cmd(["oarnodesetting", "-d", "on", "-h", node])
+    def nudge(self) -> None:
+        """Tell Almighty what oarsub tells it ("Qsub" on its command port), from inside the cluster's network.
+        A Qsub within SCHEDULER_MIN_TIME_BETWEEN_2_CALLS of its last pass is only noted, and Almighty then
+        sleeps up to 10 s on its command port before acting on it: a later Qsub wakes it at once."""
+        argv = self.provider.enter() + [
+            "bash", "-c", 'exec 3<>"/dev/tcp/$0/$1" && printf "Qsub\\n" >&3', self.provider.head_address(), str(SERVER_PORT),
+        ]
+        try:
+            run(argv, check=False, timeout=CONNECT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass  # Almighty not answering: its own 60 s pass still comes; `running` reports a dead server
+
+    def release(self, nodes: list[str], reason: str) -> None:
+        for node in nodes:
+            self._cmd(["oarnodesetting", "-d", "on", "-h", node])
 
     # ----- observation -----
 

@@ -1,0 +1,139 @@
+"""A burst on a live Accordion Slurm cluster from zero nodes: N one-node jobs released at once, then the
+scale-down after the idle timeout; optionally the thesis' run (ch. 9) on the N nodes.
+
+Times from releasing the jobs (submitted held, released by one `scontrol release`) until all N run, counts
+failed starts, reports each node's registration latency (request -> registered, median and p95) along the
+burst, then times from the last job's end until no node is left (idle timeout included, and subtracted).
+With --thesis, on the N nodes still up: `srun -N<N> hostname`, then N one-node MPI pi jobs (examples/pi.c),
+with the node containers' memory (cgroup memory.current: median per node and total).
+
+    python bench/burst.py [--nodes 280] [--idle-timeout 5] [--workers 4] [--thesis]
+
+Heavy: N node containers on this machine. Bounded: every wait gives up after --deadline seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def accordion(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "accordion", *args], check=True, capture_output=True, text=True).stdout
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=280)
+    ap.add_argument("--idle-timeout", type=float, default=5.0)
+    ap.add_argument("--workers", type=int, default=4, help="controller.workers: starts and deletes at once")
+    ap.add_argument("--thesis", action="store_true", help="also srun -N<nodes> hostname and <nodes> MPI pi jobs")
+    ap.add_argument("--deadline", type=float, default=300.0)
+    args = ap.parse_args()
+    n = args.nodes
+
+    name = f"burst-{uuid.uuid4().hex[:4]}"
+    cfg = Path(f"/tmp/{name}.yaml")
+    ns = {"name": "compute", "name_base": "n", "max_nodes": n, "cpus": 1, "memory_mb": 256, "idle_timeout": args.idle_timeout}
+    cfg.write_text(yaml.safe_dump({"name": name, "nodesets": [ns], "controller": {"workers": args.workers}}))
+    accordion("up", "-f", str(cfg))
+    shared = Path("/srv/accordion") / name
+    shared.chmod(0o1777)
+    nodes_dir = Path("/run/accordion") / name / "nodes"
+    events = Path("/var/lib/accordion") / name / "events.jsonl"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from accordion.cluster import Cluster
+
+    cluster = Cluster.load(name)
+    env = os.environ | cluster.scheduler.env()
+    enter = cluster.provider.enter()
+
+    def sh(script: str, timeout: float = 120) -> str:
+        return subprocess.run(enter + ["bash", "-c", script], env=env, check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+    def wait(what: str, done) -> float:  # noqa: ANN001
+        t0 = time.monotonic()
+        while not done():
+            if time.monotonic() - t0 > args.deadline:
+                raise SystemExit(f"{what}: not reached within {args.deadline:.0f} s")
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def running() -> int:
+        return int(sh("squeue -h -t R | wc -l").strip())
+
+    try:
+        (shared / "job.sh").write_text("#!/bin/bash\nsleep 3600\n")
+        ids = sh(f"for i in $(seq {n}); do sbatch -H --parsable -o /dev/null {shared}/job.sh; done").split()
+        t_release = time.time()
+        sh(f"scontrol release {','.join(ids)}")
+        up = wait(f"{n} jobs running", lambda: running() >= n)
+        evs = [json.loads(line) for line in events.read_text().splitlines()]
+        evs = [e for e in evs if e["ts"] >= t_release]
+        failed = sum(1 for e in evs if e["kind"] == "failed")
+        lat = [float(m.group(1)) for e in evs if e["kind"] == "registered" and (m := re.match(r"([\d.]+) s after", e.get("reason", "")))]
+        print(f"burst: 0 -> {n} nodes, {n} jobs released at once: all running after {up:.1f} s (target <= 20 s), "
+              f"{failed} failed starts (target 0), workers {args.workers}")
+        if lat:
+            print(f"registration latency (request -> registered), {len(lat)} nodes: median {statistics.median(lat):.2f} s, "
+                  f"p95 {p95(lat):.2f} s, max {max(lat):.2f} s")
+        print(f"load average after the burst: {os.getloadavg()[0]:.1f}")
+
+        if args.thesis:
+            mem = []
+            for node in sorted(nodes_dir.iterdir()):
+                # cgroup v2, or v1's memory controller (this machine)
+                for f in (Path(f"/sys/fs/cgroup/accordion/{name}/{node.name}/memory.current"),
+                          Path(f"/sys/fs/cgroup/memory/accordion/{name}/{node.name}/memory.usage_in_bytes")):
+                    if f.exists():
+                        mem.append(int(f.read_text()) / 2**20)
+                        break
+            if mem:
+                print(f"memory (cgroup usage, page cache included) of {len(mem)} node containers with a sleeping job: "
+                      f"median {statistics.median(mem):.1f} MiB per node, total {sum(mem):.0f} MiB")
+            sh("scancel --user=root")
+            wait("jobs ended", lambda: running() == 0)
+            t0 = time.monotonic()
+            hosts = sh(f"srun -N{n} -n{n} hostname | sort -u | wc -l", timeout=args.deadline).strip()
+            print(f"srun -N{n} hostname: {hosts} distinct hosts in {time.monotonic() - t0:.1f} s")
+            (shared / "pi.c").write_text((EXAMPLES / "pi.c").read_text())
+            sh(f"cd {shared} && mpicc -O2 -o pi pi.c")
+            (shared / "pi.sh").write_text(f"#!/bin/bash\nsrun --mpi=pmix {shared}/pi 2000000\n")
+            t0 = time.monotonic()
+            sh(f"for i in $(seq {n}); do sbatch -N1 -o {shared}/pi-%j.out {shared}/pi.sh >/dev/null; done")
+            wait(f"{n} MPI pi jobs done", lambda: int(sh("squeue -h | wc -l").strip()) == 0)
+            outs = list(shared.glob("pi-*.out"))
+            ok = sum(1 for o in outs if "pi is approximately 3.1" in o.read_text())
+            print(f"{n} one-node MPI pi jobs: {ok} printed an estimate, all done after {time.monotonic() - t0:.1f} s")
+        else:
+            sh("scancel --user=root")
+        t_end = time.monotonic()
+        wait("jobs ended", lambda: running() == 0)
+        wait(f"{n} -> 0 nodes", lambda: not any(nodes_dir.iterdir()))
+        total = time.monotonic() - t_end
+        print(f"scale-down: {n} -> 0 nodes {total:.1f} s after the jobs ended, {max(0.0, total - args.idle_timeout):.1f} s "
+              f"after the idle timeout ({args.idle_timeout:.0f} s; target <= 15 s)")
+    finally:
+        accordion("down", "-c", name)
+        cfg.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
