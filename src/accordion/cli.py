@@ -575,6 +575,11 @@ def enrol(
 def main() -> None:
     try:
         app()
+    except AccordionError as exc:
+        # The one family of expected failures (errors.py), caught here once: one line, no traceback. Commands
+        # catch it earlier only to add what they know (the cluster's name, a usage exit code).
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except OSError as exc:
         # A full disk or a read-only state directory: one line naming the file, no traceback. Writes
         # are atomic (store.write_json), so what was there before is intact.
