@@ -39,7 +39,7 @@ Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, le=7 * 
 
 
 class NodeSet(BaseModel):
-    """A group of identical nodes: one Slurm partition (or OAR property), one template."""
+    """A group of identical nodes: one Slurm partition (an OAR property, a Grid Engine queue), one template."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -113,7 +113,7 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="accordion", pattern=CLUSTER_NAME)
-    scheduler: Literal["slurm", "oar"] = "slurm"
+    scheduler: Literal["slurm", "oar", "gridengine"] = "slurm"
     provider: Literal["local", "kubernetes"] = "local"
     kubernetes: KubernetesSettings | None = None
     nodesets: list[NodeSet] = Field(
