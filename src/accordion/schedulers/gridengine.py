@@ -10,13 +10,18 @@ The host's files are never modified, and Debian's system-wide cell is never crea
 
 Capacity, the Slurm way ("declared but down"): every node a node set may have is declared at `up` with
 `qconf` (exec host with its slots, host group `@<nodeset>`, one queue `<nodeset>` per node set), so `qstat
--f` and `qhost` show the whole capacity before any node exists. A queue instance without a container is
-disabled by Accordion (`qmod -d`); Grid Engine does not say who disabled a queue instance, so Accordion
-records its own disables (and why: powered off, or draining) in `accordion-disabled.json` beside the
-spool, written before `qmod -d` and cleared after `qmod -e`: a disabled instance not in that file is an
-administrator's (held), as is one in error (E) or suspended (s). `sge_request` in the cell makes `-w e`
-the default, so `qsub` refuses at submission a request no queue could ever hold (checked against the
-declared hosts, whatever their state).
+-f` and `qhost` show the whole capacity before any node exists. `sge_request` in the cell makes `-w e` the
+default, so `qsub` refuses at submission a request no queue could ever hold (verified against the declared
+queue instances, whatever their state).
+
+Who disabled a queue instance: Grid Engine's `qmod -d` records no owner or reason, so Accordion never uses
+it. Its own disables are calendars, set per queue instance (`qconf -mattr queue calendar accordion_absent
+compute@hpc-node-1`): `accordion_absent` (no container) and `accordion_draining` (no new job, removed once
+empty), both "off" all week, shown by `qstat -f` as state D. Everything else is someone else's and holds
+the node: `d` (an administrator's `qmod -d`), `s` (suspended), `E` (Grid Engine's own error state), a
+calendar of another name. Grid Engine keeps these calendars in its spool, so they survive a qmaster or
+controller restart; the reason and time of each are kept beside them (`accordion-disabled.json`), for
+`status` only.
 
 Parallel jobs go through parallel environments with Open MPI's tight integration (`control_slaves TRUE`:
 `mpirun` finds the granted hosts in $PE_HOSTFILE and starts its daemons with `qrsh -inherit`): `mpiN`
@@ -57,6 +62,9 @@ EXECD_SPOOL = "/var/spool/sge"
 # Pending-job state letters that mean "not waiting for nodes": held (user, operator, system, or an unmet
 # -hold_jid, which Grid Engine shows as a hold), error.
 NOT_WAITING = set("hE")
+# Accordion's own disables (see above): calendars that are "off" all week.
+ABSENT = "accordion_absent"
+DRAINING = "accordion_draining"
 
 
 def render_bootstrap(spooldb: Path, qmaster_spool: Path) -> str:
@@ -95,7 +103,7 @@ def set_fields(text: str, values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_queue(name: str, hostgroup: str, slots: int, pes: list[str]) -> str:
+def render_queue(name: str, hostgroup: str, slots: int, pes: list[str], absent: list[str]) -> str:
     fields = {
         "qname": name,
         "hostlist": hostgroup,
@@ -130,7 +138,8 @@ def render_queue(name: str, hostgroup: str, slots: int, pes: list[str]) -> str:
         "complex_values": "NONE",
         "projects": "NONE",
         "xprojects": "NONE",
-        "calendar": "NONE",
+        # Every node starts without a container: off by Accordion's calendar.
+        "calendar": ",".join(["NONE", *(f"[{n}={ABSENT}]" for n in absent)]),
         "initial_state": "default",
     }
     for limit in ("rt", "cpu", "fsize", "data", "stack", "core", "rss", "vmem"):
@@ -163,6 +172,15 @@ def render_exechost(node: str, slots: int) -> str:
         f"hostname {node}\nload_scaling NONE\ncomplex_values slots={slots}\nuser_lists NONE\nxuser_lists NONE\n"
         "projects NONE\nxprojects NONE\nusage_scaling NONE\nreport_variables NONE\n"
     )
+
+
+def render_calendar(name: str) -> str:
+    return f"calendar_name {name}\nyear NONE\nweek mon-sun=0-24=off\n"
+
+
+def host_calendars(value: str) -> dict[str, str]:
+    """The per-host calendars of a queue's `calendar` field: `NONE,[hpc-node-1=accordion_absent],...`."""
+    return dict(re.findall(r"\[([^=\]]+)=([^\]]+)\]", value))
 
 
 def render_hostgroup(name: str, nodes: list[str]) -> str:
@@ -203,7 +221,8 @@ def parse_qstat_f(text: str) -> tuple[list[Instance], dict[str, list[str]], list
         instances.append(Instance(queue, host, q.findtext("state") or "", int(q.findtext("slots_used") or 0), int(q.findtext("slots_total") or 0)))
         for j in q.iter("job_list"):
             hosts.setdefault(j.findtext("JB_job_number") or "", []).append(host)
-    pending = [j for info in root.iter("job_info") for j in info.iter("job_list")]
+    # The document's root is itself a <job_info>, holding <queue_info> and the pending jobs' <job_info>.
+    pending = [j for info in root.findall("job_info") for j in info.findall("job_list")]
     return instances, hosts, pending
 
 
@@ -338,6 +357,9 @@ class GridEngineScheduler:
             # Open MPI's tight integration: qrsh -inherit through the execds, no rsh or ssh.
             "rsh_command": "builtin",
             "rsh_daemon": "builtin",
+            # A job's end reaches the accounting file (the controller's change token, hosts' idle time) at
+            # once instead of within 15 s.
+            "reporting_params": "accounting=true reporting=false flush_time=00:00:15 joblog=false sharelog=00:00:00 accounting_flush_time=00:00:00",
         }), name="global")
         sconf = self._cmd(["qconf", "-ssconf"])
         self._load("-Msconf", set_fields(sconf, {
@@ -351,6 +373,8 @@ class GridEngineScheduler:
             "schedd_job_info": "true",
         }))
         self._cmd(["qconf", "-as", self.head])
+        for cal in (ABSENT, DRAINING):
+            self._load("-Acal", render_calendar(cal))
         pes = {"mpi": "$fill_up", "smp": "$pe_slots"} | {f"mpi{c}": str(c) for c in sorted({ns.cpus for ns in self.config.nodesets})}
         for name, rule in pes.items():
             self._load("-Ap", render_pe(name, rule))
@@ -359,8 +383,8 @@ class GridEngineScheduler:
                 self._load("-Ae", render_exechost(node, ns.cpus))
             self._load("-Ahgrp", render_hostgroup(ns.name, ns.node_names()))
             fits = [p for p, rule in pes.items() if not rule.isdigit() or int(rule) <= ns.cpus]
-            self._load("-Aq", render_queue(ns.name, f"@{ns.name}", ns.cpus, fits))
-        self.mark_absent(self.config.all_nodes())
+            self._load("-Aq", render_queue(ns.name, f"@{ns.name}", ns.cpus, fits, ns.node_names()))
+        self._record(self.config.all_nodes(), "powered off")
 
     def _responding(self) -> bool:
         try:
@@ -392,30 +416,36 @@ class GridEngineScheduler:
             env=self.env() | {"SGE_ND": "1"},
         )
 
-    def _disabled(self) -> dict[str, dict[str, object]]:
+    def _reasons(self) -> dict[str, dict[str, object]]:
         data = read_json(self.disabled_file, {})
         return data if isinstance(data, dict) else {}
 
-    def _record(self, nodes: list[str], why: str | None, reason: str = "") -> None:
+    def _record(self, nodes: list[str], reason: str) -> None:
+        """Why and since when Accordion disabled these nodes (for `status`; the calendar is the fact)."""
         with self._lock:
-            data = self._disabled()
-            for node in nodes:
-                if why is None:
-                    data.pop(node, None)
-                else:
-                    data[node] = {"why": why, "reason": reason, "since": time.time()}
+            data = self._reasons()
+            data.update({node: {"reason": reason, "since": time.time()} for node in nodes})
             write_json(self.disabled_file, data)
 
     def _instances(self, nodes: list[str]) -> list[str]:
         return [f"{self._nodeset_of[n]}@{n}" for n in nodes]
 
+    def _calendar(self, nodes: list[str], calendar: str | None) -> None:
+        """Set (or, with None, remove) Accordion's calendar on the nodes' queue instances."""
+        # One instance per call: qconf reads `q@a,q@b` as one host name.
+        for inst in self._instances(nodes):
+            if calendar is None:
+                self._cmd(["qconf", "-purge", "queue", "calendar", inst])
+            else:
+                self._cmd(["qconf", "-mattr", "queue", "calendar", calendar, inst])
+
     def mark_absent(self, nodes: list[str], reason: str = "powered off") -> None:
-        """Disable the nodes' queue instances (recorded first as Accordion's own); jobs still on them lost
-        their node: Grid Engine is told to run them again at once rather than after max_unheard."""
+        """Disable the nodes' queue instances with Accordion's `accordion_absent` calendar; jobs still on
+        them lost their node: Grid Engine is told to run them again at once rather than after max_unheard."""
         if not nodes:
             return
-        self._record(nodes, "absent", reason)
-        self._cmd(["qmod", "-d", *self._instances(nodes)])
+        self._record(nodes, reason)
+        self._calendar(nodes, ABSENT)
         _, hosts, _ = parse_qstat_f(self._cmd(["qstat", "-f", "-xml", "-u", "*"]))
         gone = set(nodes)
         victims = sorted(j for j, hs in hosts.items() if j and gone & set(hs))
@@ -424,24 +454,23 @@ class GridEngineScheduler:
             self._cmd(["qmod", "-f", "-rj", *victims], timeout=30)
 
     def node_starting(self, node: str) -> None:
-        """Enable the queue instance; Grid Engine dispatches to it once the execd has registered."""
-        self._cmd(["qmod", "-e", *self._instances([node])])
-        self._record([node], None)
+        """Lift Accordion's calendar; Grid Engine dispatches to the instance once the execd has registered."""
+        self._calendar([node], None)
 
     def node_started(self, node: str) -> None:
         """Nothing to do: sge_execd registers with the qmaster itself."""
 
     def release(self, node: str, reason: str) -> None:
-        """Disable the queue instance: running jobs go on, no new one lands; DRAINED once empty."""
-        self._record([node], "draining", reason)
-        self._cmd(["qmod", "-d", *self._instances([node])])
+        """No new job on the node (`accordion_draining`): running jobs go on; DRAINED once empty."""
+        self._record([node], reason)
+        self._calendar([node], DRAINING)
 
     # ----- observation -----
 
     def changes(self) -> object:
         # qsub writes the job's script into the qmaster spool during the submission; a job's end appends to
         # the accounting file.
-        token = []
+        token: list[tuple[int, int] | None] = []
         for p in (self.qspool / "job_scripts", self.common / "accounting"):
             try:
                 st = p.stat()
@@ -474,7 +503,13 @@ class GridEngineScheduler:
     def observe(self) -> SchedulerView:
         instances, hosts, pending = parse_qstat_f(self._cmd(["qstat", "-f", "-xml", "-u", "*"]))
         self._read_accounting()
-        disabled = self._disabled()
+        reasons = self._reasons()
+        calendars: dict[str, str] = {}
+        # qconf continues long values on the next line after a backslash.
+        listing = self._cmd(["qconf", "-sq", ",".join(ns.name for ns in self.config.nodesets)]).replace("\\\n", "")
+        for line in listing.splitlines():
+            if line.startswith("calendar "):
+                calendars.update(host_calendars(line.split(None, 1)[1]))
         # A host seen with jobs is busy until now at least: the accounting file has no record for the
         # hosts of a parallel job that started no task there.
         now = time.time()
@@ -484,31 +519,32 @@ class GridEngineScheduler:
         nodes = {}
         for inst in instances:
             if inst.host in self._nodeset_of and self._nodeset_of[inst.host] == inst.queue:
-                nodes[inst.host] = self._node(inst, disabled.get(inst.host), any(inst.host in hs for hs in hosts.values()))
+                nodes[inst.host] = self._node(inst, calendars.get(inst.host, ""), reasons.get(inst.host, {}),
+                                              any(inst.host in hs for hs in hosts.values()))
         running = self._running(hosts)
         waiting = self._pending(pending)
         return SchedulerView(nodes, running + waiting)
 
-    def _node(self, inst: Instance, ours: dict[str, object] | None, has_jobs: bool) -> SchedNode:
+    def _node(self, inst: Instance, calendar: str, note: dict[str, object], has_jobs: bool) -> SchedNode:
         """One node from its queue instance. Jobs come first, as in the other adapters."""
         letters = set(inst.state)
-        disabled = "d" in letters
-        ours = ours if disabled else None
-        theirs = (disabled and ours is None) or "s" in letters or "E" in letters
-        why = "error" if "E" in letters else "suspended" if "s" in letters else "disabled" if theirs else ""
+        ours = calendar if calendar in (ABSENT, DRAINING) and "D" in letters else ""
+        why = [w for w, on in (("disabled", "d" in letters), ("suspended", "s" in letters or "S" in letters),
+                                ("error", "E" in letters), (f"calendar {calendar}", "D" in letters and not ours)) if on]
+        theirs = ", ".join(why)
         free = max(0, inst.total - inst.used)
         responding = "u" not in letters
+        reason = str(note.get("reason", "")) if ours else theirs
         if has_jobs or inst.used:
-            draining = ours is not None and ours.get("why") == "draining"
-            return SchedNode(inst.host, SchedState.DRAINING if draining else SchedState.BUSY, free, responding=responding,
-                             held=theirs, reason=why)
+            state = SchedState.DRAINING if ours == DRAINING else SchedState.BUSY
+            return SchedNode(inst.host, state, free, responding=responding, held=bool(theirs), reason=reason)
         if theirs:
-            return SchedNode(inst.host, SchedState.HELD, 0, reason=why, held=True)
-        if ours is not None:
-            if ours.get("why") == "draining":
-                return SchedNode(inst.host, SchedState.DRAINED, free, reason=str(ours.get("reason", "")))
-            return SchedNode(inst.host, SchedState.UNKNOWN, 0, reason=str(ours.get("reason", "")), marked_absent=True,
-                             absent_since=float(str(ours.get("since") or 0)) or None, responding=False)
+            return SchedNode(inst.host, SchedState.HELD, 0, reason=theirs, held=True)
+        if ours == DRAINING:
+            return SchedNode(inst.host, SchedState.DRAINED, free, reason=reason)
+        if ours == ABSENT:
+            since = float(str(note.get("since") or 0)) or None
+            return SchedNode(inst.host, SchedState.UNKNOWN, 0, reason=reason, marked_absent=True, absent_since=since, responding=False)
         if not responding:
             return SchedNode(inst.host, SchedState.UNKNOWN, 0, responding=False)
         return SchedNode(inst.host, SchedState.IDLE, free, self._idle_since.get(inst.host))
