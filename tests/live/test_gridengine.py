@@ -57,7 +57,10 @@ class GridEngineCluster(LiveCluster):
         if jobid in waiting:
             return "PENDING"
         acct = self.sh(f"qacct -j {jobid}", check=False)
-        return "COMPLETED" if re.search(r"^exit_status\s+0\s*$", acct, re.M) and re.search(r"^failed\s+0\s*$", acct, re.M) else "?"
+        if "exit_status" not in acct:
+            return "?"  # ended, not yet in the accounting file
+        ok = re.search(r"^exit_status\s+0\s*$", acct, re.M) and re.search(r"^failed\s+0\s*$", acct, re.M)
+        return "COMPLETED" if ok else "FAILED"
 
     def wait_job(self, jobid: str, states: set[str], timeout: float = 60) -> str:
         return wait_for(lambda: (s := self.job_state(jobid)) in states and s, timeout, f"Grid Engine job {jobid} in {states}")
@@ -185,8 +188,9 @@ class Kind:
         return self.c.qsub(f"mpirun -mca btl_tcp_if_include eth0 ./pi 2000000 {hold}", "-pe mpi2 4", *options, name="mpijob")
 
     def check_completed(self, jobid: str) -> None:
-        self.c.wait_job(jobid, {"COMPLETED"}, 120)
+        state = self.c.wait_job(jobid, {"COMPLETED", "FAILED"}, 120)
         out = (self.c.shared / f"{self.kind}job.o{jobid}").read_text()
+        assert state == "COMPLETED", (out, self.c.sh(f"qacct -j {jobid}"))
         if self.kind == "sleep":
             assert "sleep-done on hpc-node-" in out, out
         else:
