@@ -257,6 +257,9 @@ class GridEngineScheduler:
         self._accounting_read = 0
         # Node starts and drains run on the controller's pool: one writer of the record at a time.
         self._lock = threading.Lock()
+        # `qconf -purge` reads the whole queue, edits it and writes it back: two at once lose one of the
+        # changes (measured: 4 concurrent purges left a calendar in place in 2 of 5 rounds).
+        self._qconf = threading.Lock()
 
     # ----- environment -----
 
@@ -433,11 +436,12 @@ class GridEngineScheduler:
     def _calendar(self, nodes: list[str], calendar: str | None) -> None:
         """Set (or, with None, remove) Accordion's calendar on the nodes' queue instances."""
         # One instance per call: qconf reads `q@a,q@b` as one host name.
-        for inst in self._instances(nodes):
-            if calendar is None:
-                self._cmd(["qconf", "-purge", "queue", "calendar", inst])
-            else:
-                self._cmd(["qconf", "-mattr", "queue", "calendar", calendar, inst])
+        with self._qconf:
+            for inst in self._instances(nodes):
+                if calendar is None:
+                    self._cmd(["qconf", "-purge", "queue", "calendar", inst])
+                else:
+                    self._cmd(["qconf", "-mattr", "queue", "calendar", calendar, inst])
 
     def mark_absent(self, nodes: list[str], reason: str = "powered off") -> None:
         """Disable the nodes' queue instances with Accordion's `accordion_absent` calendar; jobs still on
