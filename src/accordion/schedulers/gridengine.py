@@ -458,11 +458,27 @@ class GridEngineScheduler:
             self._cmd(["qmod", "-f", "-rj", *victims], timeout=30)
 
     def node_starting(self, node: str) -> None:
-        """Lift Accordion's calendar; Grid Engine dispatches to the instance once the execd has registered."""
-        self._calendar([node], None)
+        """Nothing yet: the instance stays off until its new execd answers (`node_started`)."""
 
     def node_started(self, node: str) -> None:
-        """Nothing to do: sge_execd registers with the qmaster itself."""
+        """Lift Accordion's calendar once the node's own sge_execd answers `qping`, run inside the cluster's
+        network. Not before: for up to max_unheard after a node of the same name went away, the qmaster
+        still counts on the old execd, and would dispatch to the instance as soon as it is on. Waits at
+        most the controller's resume_timeout."""
+        timeout = self.config.controller.resume_timeout
+        deadline = time.monotonic() + timeout
+        while not self.execd_answers(node):
+            if time.monotonic() >= deadline:
+                raise SchedulerError(f"{node}: sge_execd did not answer on port {EXECD_PORT} within {timeout:.0f} s")
+            time.sleep(0.1)
+        self._calendar([node], None)
+
+    def execd_answers(self, node: str) -> bool:
+        try:
+            self._cmd(["qping", "-info", node, str(EXECD_PORT), "execd", "1"], timeout=10)
+            return True
+        except SchedulerError:
+            return False
 
     def release(self, node: str, reason: str) -> None:
         """No new job on the node (`accordion_draining`): running jobs go on; DRAINED once empty."""
