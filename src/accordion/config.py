@@ -133,7 +133,7 @@ class ClusterConfig(BaseModel):
             raise ValueError("the node sets' max_nodes add up to more than 4000")
         if self.provider == "kubernetes":
             if self.scheduler != "slurm":
-                raise ValueError("provider 'kubernetes' runs scheduler 'slurm' only (no OAR node image yet)")
+                raise ValueError("provider 'kubernetes' runs scheduler 'slurm' only (no OAR or Grid Engine node image yet)")
             if self.kubernetes is None:
                 self.kubernetes = KubernetesSettings()
         else:
