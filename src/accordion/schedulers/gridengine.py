@@ -23,6 +23,10 @@ calendar of another name. Grid Engine keeps these calendars in its spool, so the
 controller restart; the reason and time of each are kept beside them (`accordion-disabled.json`), for
 `status` only.
 
+A node's queue instance is switched on only once its own sge_execd answers `qping` (from inside the
+cluster's network): for up to max_unheard after a node of the same name went away, the qmaster still
+counts on the old execd and would dispatch to the instance as soon as it is on.
+
 Parallel jobs go through parallel environments with Open MPI's tight integration (`control_slaves TRUE`:
 `mpirun` finds the granted hosts in $PE_HOSTFILE and starts its daemons with `qrsh -inherit`): `mpiN`
 places exactly N slots on each host (`-pe mpi2 4` is 2 nodes x 2 slots), `mpi` fills hosts up, `smp` keeps
@@ -34,6 +38,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -320,8 +325,6 @@ class GridEngineScheduler:
     def _init_cell(self, admin: pwd.struct_passwd) -> None:
         """A Grid Engine root of the cluster's own, laid out as Debian's /var/lib/gridengine (binaries linked
         in), and a fresh spool initialised by Debian's own script."""
-        import shutil
-
         for d in (self.root, self.spooldb, self.qspool):
             if d.exists():
                 shutil.rmtree(d)
@@ -378,7 +381,7 @@ class GridEngineScheduler:
         self._cmd(["qconf", "-as", self.head])
         for cal in (ABSENT, DRAINING):
             self._load("-Acal", render_calendar(cal))
-        pes = {"mpi": "$fill_up", "smp": "$pe_slots"} | {f"mpi{c}": str(c) for c in sorted({ns.cpus for ns in self.config.nodesets})}
+        pes = self._pes()
         for name, rule in pes.items():
             self._load("-Ap", render_pe(name, rule))
         for ns in self.config.nodesets:
@@ -388,6 +391,10 @@ class GridEngineScheduler:
             fits = [p for p, rule in pes.items() if not rule.isdigit() or int(rule) <= ns.cpus]
             self._load("-Aq", render_queue(ns.name, f"@{ns.name}", ns.cpus, fits, ns.node_names()))
         self._record(self.config.all_nodes(), "powered off")
+
+    def _pes(self) -> dict[str, str]:
+        """Accordion's parallel environments and their allocation rules: `mpiN` for each node-set CPU count."""
+        return {"mpi": "$fill_up", "smp": "$pe_slots"} | {f"mpi{c}": str(c) for c in sorted({ns.cpus for ns in self.config.nodesets})}
 
     def _responding(self) -> bool:
         try:
@@ -621,8 +628,7 @@ class GridEngineScheduler:
         pe_name = d.findtext("JB_pe") or ""
         slots = self._slots(d) if pe_name else 1
         # Queues (node sets) and hosts it may use: `-q compute`, `-q compute@hpc-node-1`, `-q 'a,b'`.
-        named = [q.findtext("QR_name") or "" for q in d.iter("QR_name")] or []
-        named = [q.text or "" for q in d.findall(".//JB_hard_queue_list/*/QR_name")] or named
+        named = [q.text or "" for q in d.findall("JB_hard_queue_list/*/QR_name")]
         queues: list[str] = []
         hosts: set[str] = set()
         for q in named:
@@ -632,7 +638,7 @@ class GridEngineScheduler:
                     queues.append(ns.name)
                     if host:
                         hosts.update(h for h in ns.node_names() if h == host or host in ("*", f"@{ns.name}"))
-        pes = {"mpi": "$fill_up", "smp": "$pe_slots"} | {f"mpi{c}": str(c) for c in {ns.cpus for ns in self.config.nodesets}}
+        pes = self._pes()
         candidates = tuple(dict.fromkeys(queues)) if named else tuple(ns.name for ns in self.config.nodesets)
         if pe_name:
             rule = pes.get(pe_name, "$fill_up")
