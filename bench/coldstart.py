@@ -1,10 +1,10 @@
-"""Cold and warm start of a job on a live Accordion Slurm cluster.
+"""Cold and warm start of a job on a live Accordion cluster (Slurm, OAR or Grid Engine).
 
 cold: no node exists when `sbatch` is called; warm: an idle node exists. The time is from just before
 `sbatch` runs to the first line of the job script running on its node (the job writes its own clock;
 nodes share the host's clock). Prints median, p95 and the cold/warm ratio.
 
-    python bench/coldstart.py [--scheduler slurm|oar] [--runs 10] [--nodes 1] [--provider local|hosts [--hosts 3]]
+    python bench/coldstart.py [--scheduler slurm|oar|gridengine] [--runs 10] [--nodes 1] [--provider local|hosts [--hosts 3]]
 
 With `--provider hosts`, the nodes run on hosts simulated on this machine (tests/live/hosts.py: a network
 namespace, mount namespace, state directory and `accordion agent` each), reached over mutual TLS and joined
@@ -35,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--nodes", type=int, default=1, help="nodes per job (cold start creates all of them)")
-    ap.add_argument("--scheduler", choices=["slurm", "oar"], default="slurm")
+    ap.add_argument("--scheduler", choices=["slurm", "oar", "gridengine"], default="slurm")
     ap.add_argument("--provider", choices=["local", "hosts"], default="local")
     ap.add_argument("--hosts", type=int, default=3, help="simulated hosts (--provider hosts)")
     args = ap.parse_args()
@@ -71,8 +71,8 @@ def main() -> None:
     cluster = Cluster.load(name)
     env = os.environ | cluster.scheduler.env()
     enter = cluster.provider.enter() + cluster.scheduler.wrap()
-    if args.scheduler == "oar":
-        user = pwd.getpwnam("hpcuser")  # OAR refuses root's jobs
+    if args.scheduler in ("oar", "gridengine"):
+        user = pwd.getpwnam("hpcuser")  # OAR refuses root's jobs, Grid Engine those of uids below 1000
         enter += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
 
     def start_latency(i: int, label: str) -> float:
@@ -82,6 +82,10 @@ def main() -> None:
         script.chmod(0o755)
         if args.scheduler == "slurm":
             submit = ["sbatch", "-Q", f"-N{args.nodes}", "-o", "/dev/null", str(script), str(stamp)]
+        elif args.scheduler == "gridengine":
+            # N nodes: 2N slots in the parallel environment that puts exactly 2 on each host.
+            pe = ["-pe", "mpi2", str(2 * args.nodes)] if args.nodes > 1 else []
+            submit = ["qsub", "-o", "/dev/null", "-j", "y", *pe, str(script), str(stamp)]
         else:
             submit = ["oarsub", "-q", "default", "-l", f"/host={args.nodes}/core=1", "-O", "/dev/null", "-E", "/dev/null", f"{script} {stamp}"]
         t0 = time.time()

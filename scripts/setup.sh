@@ -7,7 +7,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(slurmctld slurmd slurm-client slurmdbd mariadb-server munge openmpi-bin libopenmpi-dev gcc catatonit runc
           iproute2 util-linux procps python3-venv
-          oar-server oar-server-pgsql oar-node oar-user oar-user-pgsql postgresql openssh-server openssh-client)
+          oar-server oar-server-pgsql oar-node oar-user oar-user-pgsql postgresql openssh-server openssh-client
+          gridengine-master gridengine-exec gridengine-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Accordion starts munged and slurmctld per cluster itself: keep the packages from starting theirs.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  # Grid Engine's packages would ask for a master host and cell and build one system-wide cell under
+  # /var/lib/gridengine; Accordion makes a cell per cluster itself, so answer "do not configure".
+  printf '%s\n' 'gridengine-common shared/gridengineconfig boolean false' \
+    'gridengine-master shared/gridengineconfig boolean false' | debconf-set-selections
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -19,7 +19,7 @@ def test_durations_accept_units():
     [
         ({"nodesets": [{"name": "a", "max_nodes": 0}]}, "nodesets[0].max_nodes: Input should be greater than or equal to 1"),
         ({"nodesets": [{"name": "a", "min_nodes": 3, "max_nodes": 2}]}, "nodesets[0]: min_nodes (3) must not exceed max_nodes (2)"),
-        ({"scheduler": "pbs"}, "scheduler: 'pbs' is not allowed, input should be 'slurm' or 'oar'"),
+        ({"scheduler": "pbs"}, "scheduler: 'pbs' is not allowed, input should be 'slurm', 'oar' or 'gridengine'"),
         ({"name": "../etc"}, "name: '../etc' is not allowed"),
         ({"name": "has space"}, "name: 'has space' is not allowed"),
         ({"nodesets": [{"name": "a", "cpu": 2}]}, "nodesets[0].cpu: unknown field"),

@@ -25,6 +25,7 @@ from accordion.supervisor import STOP_TIMEOUT
 REQUIRED = {
     "slurm": ["slurmctld", "slurmd", "munged", "scontrol", "sbatch"],
     "oar": ["Almighty", "oarsub", "oarnodesetting", "psql", "sshd", "ssh-keygen", "unshare"],
+    "gridengine": ["sge_qmaster", "sge_execd", "qconf", "qsub", "unshare", "setpriv"],
     "local": ["runc", "catatonit", "ip", "nsenter", "setpriv"],
     "kubernetes": [],
     "hosts": ["ip", "bridge", "nsenter"],

@@ -32,7 +32,7 @@ Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, le=7 * 
 
 
 class NodeSet(BaseModel):
-    """A group of identical nodes: one Slurm partition (or OAR property), one template."""
+    """A group of identical nodes: one Slurm partition (an OAR property, a Grid Engine queue), one template."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -119,7 +119,7 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="accordion", pattern=CLUSTER_NAME)
-    scheduler: Literal["slurm", "oar"] = "slurm"
+    scheduler: Literal["slurm", "oar", "gridengine"] = "slurm"
     provider: Literal["local", "kubernetes", "hosts"] = "local"
     kubernetes: KubernetesSettings | None = None
     # provider hosts: the machines nodes run on, how nodes are spread over them, and how long a host may
@@ -156,7 +156,7 @@ class ClusterConfig(BaseModel):
             raise ValueError(f"hosts and discover are only used with provider 'hosts' (provider is {self.provider!r})")
         if self.provider == "kubernetes":
             if self.scheduler != "slurm":
-                raise ValueError("provider 'kubernetes' runs scheduler 'slurm' only (no OAR node image yet)")
+                raise ValueError("provider 'kubernetes' runs scheduler 'slurm' only (no OAR or Grid Engine node image yet)")
             if self.kubernetes is None:
                 self.kubernetes = KubernetesSettings()
         else:

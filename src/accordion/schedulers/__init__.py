@@ -17,4 +17,8 @@ def make_scheduler(config: ClusterConfig, paths: ClusterPaths, provider: Provide
         from accordion.schedulers.oar import OarScheduler
 
         return OarScheduler(config, paths, provider)
+    if config.scheduler == "gridengine":
+        from accordion.schedulers.gridengine import GridEngineScheduler
+
+        return GridEngineScheduler(config, paths, provider)
     raise ValueError(f"unknown scheduler {config.scheduler!r}")

@@ -1,0 +1,94 @@
+"""The Grid Engine adapter's reading of qstat's XML (recorded from Grid Engine 8.1.9, Debian) and of queue
+instance states."""
+
+from pathlib import Path
+from typing import Any
+
+from accordion.config import ClusterConfig
+from accordion.model import SchedState
+from accordion.paths import ClusterPaths
+from accordion.providers.local import LocalProvider
+from accordion.schedulers.gridengine import ABSENT, DRAINING, GridEngineScheduler, Instance, host_calendars, parse_qstat_f, task_count
+
+DATA = Path(__file__).parent / "data"
+CONFIG = ClusterConfig.model_validate(
+    {"name": "g", "scheduler": "gridengine", "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 4, "cpus": 2}]}
+)
+
+
+class Recorded(GridEngineScheduler):
+    """The adapter with qstat's answers recorded: `qstat -f -xml` and `qstat -j 2,5,6,7 -xml`."""
+
+    def _cmd(self, argv: list[str], timeout: float = 30, input: str | None = None) -> str:
+        if argv[:2] == ["qstat", "-f"]:
+            return (DATA / "qstat-f-8.1.9.xml").read_text()
+        if argv[:2] == ["qstat", "-xml"]:
+            return (DATA / "qstat-j-8.1.9.xml").read_text()
+        assert argv[:2] == ["qconf", "-sq"], argv
+        return f"qname compute\ncalendar NONE,[hpc-node-3={ABSENT}], \\\n        [hpc-node-9=other]\ninitial_state default\n"
+
+
+def adapter(tmp_path: Path, monkeypatch: Any) -> Recorded:
+    monkeypatch.setenv("ACCORDION_STATE", str(tmp_path))
+    paths = ClusterPaths("g")
+    return Recorded(CONFIG, paths, LocalProvider(CONFIG, paths))
+
+
+def test_qstat_f_pending_jobs_are_read_once():
+    instances, hosts, pending = parse_qstat_f((DATA / "qstat-f-8.1.9.xml").read_text())
+    assert [i.host for i in instances] == ["hpc-node-0", "hpc-node-1", "hpc-node-2", "hpc-node-3"]
+    assert hosts == {"2": ["hpc-node-1", "hpc-node-2"]}
+    # The document's root is a <job_info> too: the pending jobs must not be counted twice.
+    assert [j.findtext("JB_job_number") for j in pending] == ["7", "5", "6"]
+
+
+def test_jobs_are_read_in_full(tmp_path, monkeypatch):
+    view = adapter(tmp_path, monkeypatch).observe()
+    jobs = {j.id: j for j in view.jobs}
+    # -pe mpi2 4: 2 nodes x 2 slots, on the nodes qstat -f shows it on.
+    assert jobs["2"].running and jobs["2"].node_names == ("hpc-node-1", "hpc-node-2") and jobs["2"].cpus == 4
+    assert (jobs["2"].nodes, jobs["2"].cpus_per_node) == (2, 2)
+    # -a in the future: not waiting for nodes.
+    assert not jobs["5"].wants_resources and "starts at" in jobs["5"].reason
+    # -hold_jid 4 (hqw): not waiting, and the reason names the job it waits for.
+    assert not jobs["6"].wants_resources and "waits for job 4" in jobs["6"].reason
+    # -t 1-5 -tc 2 -q compute@hpc-node-1: throttled to 2 tasks, only hpc-node-1 allowed.
+    assert jobs["7"].wants_resources and jobs["7"].count == 2 and jobs["7"].nodesets == ("compute",)
+    assert set(jobs["7"].excluded) == {"hpc-node-0", "hpc-node-2", "hpc-node-3"}
+
+
+def test_nodes_from_queue_instances(tmp_path, monkeypatch):
+    view = adapter(tmp_path, monkeypatch).observe()
+    assert view.nodes["hpc-node-0"].state == SchedState.IDLE and view.nodes["hpc-node-0"].free_cpus == 2
+    assert view.nodes["hpc-node-1"].state == SchedState.BUSY and view.nodes["hpc-node-1"].free_cpus == 0
+    assert view.nodes["hpc-node-3"].marked_absent and view.nodes["hpc-node-3"].state == SchedState.UNKNOWN
+
+
+def node(tmp_path, monkeypatch, state, calendar="", used=0, jobs=False):
+    return adapter(tmp_path, monkeypatch)._node(Instance("compute", "n", state, used, 2), calendar, {"reason": "idle 60 s"}, jobs)
+
+
+def test_who_disabled_a_queue_instance(tmp_path, monkeypatch):
+    def n(state: str, calendar: str = "", used: int = 0, jobs: bool = False):  # type: ignore[no-untyped-def]
+        return node(tmp_path, monkeypatch, state, calendar, used, jobs)
+
+    # Accordion's own calendars.
+    assert n("D", DRAINING).state == SchedState.DRAINED and n("D", DRAINING).reason == "idle 60 s"
+    assert n("D", DRAINING, used=1).state == SchedState.DRAINING
+    assert n("Du", ABSENT).marked_absent
+    # Anyone else's: an administrator's qmod -d or -s, Grid Engine's error state, another calendar.
+    for state, calendar, why in (("d", "", "disabled"), ("s", "", "suspended"), ("E", "", "error"), ("D", "maintenance", "calendar maintenance")):
+        v = n(state, calendar)
+        assert v.state == SchedState.HELD and v.held and v.reason == why, (state, v)
+    # Ours and theirs together: theirs wins (an administrator disabled a node Accordion had switched off).
+    assert n("Dd", ABSENT).state == SchedState.HELD
+    # Jobs come first: a node with jobs is busy (held if someone else disabled it), never drained.
+    v = n("d", used=1)
+    assert v.state == SchedState.BUSY and v.held
+    assert n("", jobs=True).state == SchedState.BUSY and n("u").state == SchedState.UNKNOWN
+
+
+def test_calendars_and_tasks():
+    assert host_calendars(f"NONE,[hpc-node-1={ABSENT}],                [hpc-node-2={DRAINING}]") == {"hpc-node-1": ABSENT, "hpc-node-2": DRAINING}
+    assert host_calendars("NONE") == {}
+    assert task_count("1-10:1") == 10 and task_count("3,5-9:2") == 4 and task_count("7") == 1
