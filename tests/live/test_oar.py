@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from accordion import policy
 from accordion.cluster import Cluster
 from accordion.errors import SchedulerError
 from accordion.schedulers.oar import SERVER_PORT, SSHD_PORT, OarScheduler
@@ -124,7 +123,6 @@ def test_two_node_sets_with_different_core_counts_each_get_their_own_jobs(make_o
         c.cancel(job)
 
 
-@pytest.mark.skipif(not hasattr(policy, "shape"), reason="needs policy.shape: a core count spread over nodes")
 def test_core_only_job_gets_as_many_nodes_as_its_cores_need(make_oar):
     c = make_oar(TWO_SETS)
     job = c.oarsub("sleep infinity", "core=6", "-p \"nodeset='compute'\"")
