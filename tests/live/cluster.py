@@ -136,3 +136,14 @@ def chromium(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
             [*CHROMIUM, f"--user-data-dir={profile}", *args, page.as_uri()],
             capture_output=True, text=True, timeout=120,
         )
+
+
+def runtime_wrapper(tmp_path: Path, body: str) -> Path:
+    """A directory holding a `runc` that runs `body` (bash: inject a fault) and then the real runc: put first
+    on PATH, which the cluster's controller inherits."""
+    real = subprocess.run(["bash", "-c", "command -v runc"], capture_output=True, text=True, check=True).stdout.strip()
+    wrapper = tmp_path / "bin" / "runc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/bash\n{body}\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper.parent

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.live.cluster import accordion, wait_for
+from tests.live.cluster import accordion, runtime_wrapper, wait_for
 
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -239,21 +239,15 @@ def test_no_secret_in_anything_a_run_writes(make_cluster):
 
 def test_node_that_never_comes_up_is_given_up_and_the_job_runs_elsewhere(make_cluster, monkeypatch, tmp_path):
     # A broken container runtime, put in front of the real one: its first `run` hangs, its second fails.
-    real = subprocess.run(["bash", "-c", "command -v runc"], capture_output=True, text=True, check=True).stdout.strip()
     faults = tmp_path / "faults"
     faults.mkdir()
-    wrapper = tmp_path / "bin" / "runc"
-    wrapper.parent.mkdir()
-    wrapper.write_text(
-        "#!/bin/bash\n"
-        f'if [[ " $* " == *" run "* ]]; then\n'
+    body = (
+        'if [[ " $* " == *" run "* ]]; then\n'
         f"  if mkdir {faults}/hang 2>/dev/null; then sleep 120; exit 1; fi\n"
         f'  if mkdir {faults}/fail 2>/dev/null; then echo "injected: no such image" >&2; exit 1; fi\n'
-        "fi\n"
-        f'exec {real} "$@"\n'
+        "fi"
     )
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{runtime_wrapper(tmp_path, body)}:{os.environ['PATH']}")
     c = make_cluster({
         "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}],
         "controller": {"resume_timeout": 4, "max_start_failures": 1, "retry_backoff": 120},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live.cluster import wait_for
+from tests.live.cluster import runtime_wrapper, wait_for
 
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
@@ -268,16 +268,6 @@ def test_jobs_not_waiting_for_nodes_start_nothing(shapes):
 
 
 # ----- failures -----
-
-
-def runtime_wrapper(tmp_path: Path, body: str) -> Path:
-    """A container runtime put in front of the real runc (on PATH, inherited by the controller)."""
-    real = subprocess.run(["bash", "-c", "command -v runc"], capture_output=True, text=True, check=True).stdout.strip()
-    wrapper = tmp_path / "bin" / "runc"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f"#!/bin/bash\n{body}\nexec {real} \"$@\"\n")
-    wrapper.chmod(0o755)
-    return wrapper.parent
 
 
 def test_failed_starts_back_off_and_capacity_comes_back(make_cluster, monkeypatch, tmp_path):

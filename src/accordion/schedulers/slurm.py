@@ -288,9 +288,7 @@ class SlurmScheduler:
         os.chmod(sock_dir, 0o755)
         os.chown(sock_dir, munge.pw_uid, munge.pw_gid)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
-        mlog = self.paths.logs / "munged.log"
-        mlog.touch(mode=0o600)
-        os.chown(mlog, munge.pw_uid, munge.pw_gid)
+        mlog = self._daemon_log("munged.log", munge)
         if daemons.pid_of(self.paths.pids / "munged.pid") is None:
             daemons.spawn(
                 [
@@ -308,9 +306,7 @@ class SlurmScheduler:
         (sched / "state").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(sched, 0o711)
         os.chown(sched / "state", slurm.pw_uid, slurm.pw_gid)
-        ctl_log = self.paths.logs / "slurmctld.log"
-        ctl_log.touch(mode=0o600)
-        os.chown(ctl_log, slurm.pw_uid, slurm.pw_gid)
+        ctl_log = self._daemon_log("slurmctld.log", slurm)
         host = socket.gethostname().split(".")[0]
         self.conf.write_text(render_slurm_conf(self.config, self.provider, self.paths, host, self.accounting))
         if self.accounting:
@@ -360,9 +356,7 @@ class SlurmScheduler:
         # Only the slurm user (slurmdbd) and root may even connect.
         os.chown(sock_dir, mysql.pw_uid, slurm.pw_gid)
         os.chmod(sock_dir, 0o750)
-        log = self.paths.logs / "mariadb.log"
-        log.touch(mode=0o600)
-        os.chown(log, mysql.pw_uid, mysql.pw_gid)
+        log = self._daemon_log("mariadb.log", mysql)
         if daemons.pid_of(self.paths.pids / "mariadbd.pid") is None:
             daemons.spawn(
                 ["mariadbd", "--no-defaults", f"--datadir={db}", f"--socket={self._mysql_socket}", "--skip-networking",
@@ -393,9 +387,7 @@ class SlurmScheduler:
             f.write(render_slurmdbd_conf(self.config, self.provider, self.paths))
         os.chown(dbd_conf, slurm.pw_uid, slurm.pw_gid)
         os.chmod(dbd_conf, 0o600)
-        dbd_log = self.paths.logs / "slurmdbd.log"
-        dbd_log.touch(mode=0o600)
-        os.chown(dbd_log, slurm.pw_uid, slurm.pw_gid)
+        dbd_log = self._daemon_log("slurmdbd.log", slurm)
         if daemons.pid_of(self.paths.pids / "slurmdbd.pid") is None:
             # slurmdbd finds slurmdbd.conf beside SLURM_CONF, and MariaDB's socket through MYSQL_UNIX_PORT.
             daemons.spawn(
@@ -442,6 +434,13 @@ class SlurmScheduler:
              "--format", "JobID,Submit,Start,End,Elapsed,NNodes,NCPUS,Timelimit,Partition,State"],
             timeout=60,
         )
+
+    def _daemon_log(self, name: str, owner: pwd.struct_passwd) -> Path:
+        """A log file a daemon that drops root writes itself: private (0600) and its own."""
+        log = self.paths.logs / name
+        log.touch(mode=0o600)
+        os.chown(log, owner.pw_uid, owner.pw_gid)
+        return log
 
     def _responding(self) -> bool:
         try:
