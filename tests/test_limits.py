@@ -56,3 +56,20 @@ def test_a_cluster_at_the_limit_runs_with_stand_ins(tmp_path: Path, monkeypatch)
     assert len(prov.nodes) == MAX_NODES
     assert sum(1 for s in ctl.last.values() if s == NodeState.IDLE) == MAX_NODES
     ctl.close()
+
+
+def test_the_neighbour_table_is_raised_for_the_cluster_and_never_lowered(tmp_path: Path, monkeypatch) -> None:
+    """The kernel's one ARP table for every namespace holds 1024 entries by default: at 280 nodes
+    `srun -N280` lost nodes to "neighbor table overflow!". Each limit is raised for the cluster's nodes,
+    in order, and a limit already higher (another cluster's, the administrator's) is kept."""
+    from accordion.providers import local
+
+    monkeypatch.setattr(local, "NEIGHBOUR_SYSCTL", tmp_path)
+    for name, value in (("gc_thresh1", 128), ("gc_thresh2", 512), ("gc_thresh3", 1024)):
+        (tmp_path / name).write_text(f"{value}\n")
+    local.make_room_for_neighbours(280)
+    hard = 1024 + local.NEIGHBOURS_PER_NODE * 280
+    assert [int((tmp_path / f"gc_thresh{i}").read_text()) for i in (1, 2, 3)] == [hard // 8, hard // 2, hard]
+    (tmp_path / "gc_thresh3").write_text("1000000\n")
+    local.make_room_for_neighbours(10)
+    assert [int((tmp_path / f"gc_thresh{i}").read_text()) for i in (1, 2, 3)] == [hard // 8, hard // 2, 1000000]

@@ -35,6 +35,13 @@ BRIDGE = "br0"
 # Every node is a port of the cluster's one bridge, and a Linux bridge takes at most 1024 ports
 # (BR_MAX_PORTS): a larger cluster is refused before anything is made, not at its 1025th start.
 MAX_NODES = 1024
+# Linux keeps one IPv4 neighbour (ARP) table for all network namespaces, and at its default hard limit
+# (gc_thresh3 = 1024 entries) a 280-node cluster overflows it: the head and every node hold an entry per
+# peer, `srun -N280` fans out over a tree of slurmds, and new entries are refused ("neighbor table
+# overflow!" in dmesg), so connections between nodes time out and Slurm marks nodes not responding.
+# Entries per node allowed for: the head, the launch tree's fan-out (TreeWidth, 50) and MPI peers.
+NEIGHBOURS_PER_NODE = 64
+NEIGHBOUR_SYSCTL = Path("/proc/sys/net/ipv4/neigh/default")
 # `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
 START_TIMEOUT = 30
 
@@ -93,6 +100,18 @@ def hosts_file(config: ClusterConfig) -> str:
     lines = ["127.0.0.1\tlocalhost", f"{HEAD}\t{config.name}-head {login_name(config)}"]
     lines += [f"{node_address(i)}\t{n}" for i, n in enumerate(config.all_nodes())]
     return "\n".join(lines) + "\n"
+
+
+def make_room_for_neighbours(nodes: int) -> None:
+    """Raise (never lower) the host's neighbour-table limits so that `nodes` more nodes fit: the table is
+    the whole machine's, shared by every cluster and the host itself."""
+    hard = 1024 + NEIGHBOURS_PER_NODE * nodes
+    # gc_thresh3 is the hard limit, gc_thresh2 where the kernel starts to evict, gc_thresh1 below which it
+    # never does; kept in that order, largest first so that none is ever set above the next.
+    for name, value in (("gc_thresh3", hard), ("gc_thresh2", hard // 2), ("gc_thresh1", hard // 8)):
+        path = NEIGHBOUR_SYSCTL / name
+        if int(path.read_text()) < value:
+            path.write_text(f"{value}\n")
 
 
 def login_prefix(config: ClusterConfig, paths: ClusterPaths, netns: str) -> list[str]:
@@ -162,6 +181,7 @@ class NodeRuntime:
 
     def setup(self, address: str | None) -> None:
         """The cluster's bridge in its own network namespace, with `address` (the head's) if given."""
+        make_room_for_neighbours(len(self._index))
         if not Path(f"/run/netns/{self.netns}").exists():
             run(["ip", "netns", "add", self.netns])
         ip = ["ip", "-n", self.netns]
@@ -250,16 +270,18 @@ class NodeRuntime:
         ns = self._node_netns(name)
         veth = f"v{self._index[name]}"
         # Three `ip` processes, not eight: each is ~10 ms of a start on a loaded machine. `-batch` stops at
-        # the first failing line and exits non-zero, naming it.
+        # the first failing line and exits non-zero, naming it. `addrgenmode none`: the cluster speaks IPv4
+        # only, and each new link's IPv6 set-up (a link-local address, its duplicate detection and MLD
+        # reports, multicast that the bridge floods to every port) is work for nothing.
         run(["ip", "netns", "add", ns])
         mtu = f" mtu {self.mtu}" if self.mtu is not None else ""  # a VXLAN tunnel's overhead: smaller frames
         run(["ip", "-n", self.netns, "-batch", "-"], input=(
             f"link add {veth} type veth peer name eth0 netns {ns}\n"
-            f"link set {veth} master {BRIDGE}{mtu} up\n"
+            f"link set {veth} addrgenmode none master {BRIDGE}{mtu} up\n"
         ))
         run(["ip", "-n", ns, "-batch", "-"], input=(
             "link set lo up\n"
-            f"link set eth0 address {self._mac(name)}{mtu}\n"
+            f"link set eth0 address {self._mac(name)} addrgenmode none{mtu}\n"
             f"addr add {self.address(name)}/{NETWORK.prefixlen} dev eth0\n"
             "link set eth0 up\n"
         ))
