@@ -102,6 +102,29 @@ def test_sacct_shows_a_finished_job_and_simulate_replays_the_history(cluster):
     assert "cluster: 2 nodes x 1 CPU," in " ".join(doc["workload"]), doc
 
 
+def test_nudges_are_root_only_hidden_and_left_out_of_the_history(cluster):
+    """The controller's nudge (an empty job of a hidden partition, cancelled at once: its epilog's end makes
+    slurmctld schedule now instead of at its next tick) ran, left nothing behind, is root's only, and is
+    not part of the history `simulate --cluster` replays."""
+    nudges = "sacct -X -n -P -a --starttime 1970-01-02 -r accordion-nudge --format JobID,State"
+    for attempt in range(5):  # a job the scheduler starts before the controller sees it needs no nudge
+        job = cluster.sbatch("true", name=f"nudged{attempt}")
+        cluster.wait_job(job, {"COMPLETED"})
+        if cluster.sh(nudges).strip():
+            break
+    seen = wait_for(lambda: cluster.sh(nudges).splitlines(), 30, "a nudge in sacct")
+    assert all(line.split("|")[1].startswith("CANCELLED") for line in seen), seen
+    assert cluster.sh("squeue -a -h -p accordion-nudge") == ""
+    assert "accordion-nudge" not in as_user(cluster, "sinfo; scontrol show partition").stdout
+    refused = as_user(cluster, "sbatch -p accordion-nudge --wrap true", check=False)
+    assert refused.returncode != 0 and "denied" in refused.stderr.lower(), refused.stderr
+    from accordion.cluster import Cluster
+
+    scheduler = Cluster.load(cluster.name).scheduler
+    history = wait_for(lambda: (h := scheduler.history()) and f"\n{job}|" in h and h, 30, f"job {job} in the history")
+    assert "accordion-nudge" not in history, history
+
+
 def test_no_accounting_credential_readable_by_a_user_and_no_tcp_port(cluster):
     state = Path("/var/lib/accordion") / cluster.name
     dbd = state / "scheduler" / "slurmdbd.conf"
