@@ -109,17 +109,17 @@ def test_min_nodes_kept():
 
 def test_chsc_under_provisions_a_multi_node_job():
     jobs = [job(1, 0, 3, 100)]
-    accordion = run(jobs, live_policy.decide, idle_timeout=60)
+    accordion = run(jobs, live_policy.decide, idle_timeout=60, boot_time=0.8)
     assert waits(accordion) == [pytest.approx(0.8)] and summarize(accordion).node_starts == 3
     # CHSC starts one node for the 3-node job and removes it after 30 s idle: the job never runs.
-    chsc = run(jobs, CHSC(), idle_timeout=30)
+    chsc = run(jobs, CHSC(), idle_timeout=30, boot_time=0.8, stop_time=0.2)
     m = summarize(chsc)
     assert (m.never_started, m.node_starts) == (1, 1)
     assert chsc.end == pytest.approx(0.8 + 30 + 0.2)
 
 
 def test_powersave_resumes_exactly_the_nodes_of_the_job_and_suspends_after_600_s():
-    r = run([job(1, 0, 3, 100), job(2, 2000, 1, 10)], powersave, idle_timeout=600)
+    r = run([job(1, 0, 3, 100), job(2, 2000, 1, 10)], powersave, idle_timeout=600, boot_time=0.8, stop_time=0.2)
     assert waits(r) == [pytest.approx(0.8), pytest.approx(0.8)]
     assert summarize(r).node_starts == 4
     assert r.node_seconds == pytest.approx(3 * (700.8 + 0.2) + 10.8)
@@ -131,7 +131,7 @@ def test_draining_never_kills_a_job():
         plan.stop += [Stop(n.name, n.nodeset, "go") for n in s.nodes if n.state.value in ("idle", "busy")]
         return plan
 
-    r = run([job(1, 0, 2, 100), job(2, 5, 1, 10)], leave_now, idle_timeout=60)
+    r = run([job(1, 0, 2, 100), job(2, 5, 1, 10)], leave_now, idle_timeout=60, boot_time=0.8)
     m = summarize(r)
     assert m.killed == 0 and m.never_started == 0
     assert waits(r)[0] == pytest.approx(0.8)

@@ -626,7 +626,7 @@ def simulate(
     nodes: Annotated[int | None, typer.Option(help="Max nodes (default: the trace header's MaxNodes).")] = None,
     cpus_per_node: Annotated[int | None, typer.Option(help="CPUs per node (default: MaxProcs // MaxNodes).")] = None,
     min_nodes: Annotated[int, typer.Option(help="Nodes elastic policies keep up.")] = 0,
-    boot_time: Annotated[float, typer.Option(help="Seconds from starting a node to running jobs on it (measured cold start).")] = 0.8,
+    boot_time: Annotated[float, typer.Option(help="Seconds from starting a node to running jobs on it (measured cold start).")] = 0.25,
     stop_time: Annotated[float, typer.Option(help="Seconds a removed node takes to disappear.")] = 0.2,
     idle_timeout: Annotated[float | None, typer.Option(help="Idle seconds before the accordion policy removes a node (default 60, the live default).")] = None,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N jobs.")] = None,

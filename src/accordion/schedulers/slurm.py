@@ -5,7 +5,8 @@ every node a node set may ever have is declared in slurm.conf, so `sinfo` shows 
 `sbatch` refuses a job larger than a node set at submission (`EnforcePartLimits=ALL`, partition
 `MaxNodes`). A node without a container is DOWN with reason "accordion: powered off". When jobs pend for
 resources, the controller starts exactly the nodes their shapes need; slurmd registers in well under a
-second and `ReturnToService=2` puts the node back in service, so the main scheduler starts the job at once.
+second, `ReturnToService=2` puts the node back in service, and the controller's nudge (an epilog's end,
+see `SlurmScheduler.nudge`) makes slurmctld schedule at once rather than at its next once-a-second tick.
 Slurm's own power saving (CLOUD nodes, ResumeProgram) was measured on 22.05 to hold jobs in CONFIGURING
 for 10-30 s after their nodes are up, which misses the cold-start target by an order of magnitude.
 """
