@@ -58,10 +58,10 @@ class Commands:
         argv = list(argv)
         self.calls.append(argv)
         code, out = 0, ""
-        if "oarnodes" in argv:
-            out = json.dumps({str(i): {"host": n, "state": "Absent", "jobs": None, "drain": "NO"} for i, n in enumerate(CONFIG.all_nodes())})
-        elif "oarstat" in argv:
+        if "oarstat" in argv:
             out = "{}"
+        elif "psql" in argv and input and "FROM resources r;" in input:  # NODES_SQL
+            out = json.dumps([{"host": n, "state": "Absent", "jobs": None, "drain": "NO", "last_job_date": 0} for n in CONFIG.all_nodes()])
         elif "psql" in argv:
             out = "[]" if input and "json_agg(job" in input else ""
         elif "bash" in argv:

@@ -13,7 +13,7 @@ import pytest
 
 from accordion.cluster import Cluster
 from accordion.errors import SchedulerError
-from accordion.schedulers.oar import SERVER_PORT, SSHD_PORT, OarScheduler
+from accordion.schedulers.oar import SERVER_PORT, SSHD_PORT, OarScheduler, host_view
 from tests.live.cluster import EXAMPLES, wait_for
 from tests.live.oar import GUARD_LOG, GUARD_NETNS, OarCluster, guard_this_process, host_netns, write_sitecustomize
 
@@ -46,6 +46,18 @@ def make_oar(network_guard, make_cluster):
     return lambda config: make_cluster(config, prefix="o", kind=OarCluster)
 
 
+def assert_nodes_read_as_oarnodes_shows_them(c: OarCluster) -> None:
+    """The adapter reads resources from OAR's database in one query (NODES_SQL) instead of `oarnodes -J`:
+    every node must read the same from both."""
+    by_host: dict[str, list[dict]] = {}
+    for r in json.loads(c.sh("oarnodes -J")).values():
+        by_host.setdefault(r["host"], []).append(r)
+    observed = Cluster.load(c.name).scheduler.observe().nodes
+    assert set(observed) == set(by_host)
+    for host, resources in by_host.items():
+        assert observed[host] == host_view(host, resources), (host, resources)
+
+
 def test_appendix_c_walkthrough_with_oar(make_oar):
     c = make_oar(CONFIG)
     assert c.containers() == set()
@@ -63,11 +75,13 @@ def test_appendix_c_walkthrough_with_oar(make_oar):
     c.wait_job(job2, {"RUNNING"}, 60)
     (node2,) = c.job_nodes(job2)
     assert node2 != node1 and c.containers() == {node1, node2}
+    assert_nodes_read_as_oarnodes_shows_them(c)  # two busy, one absent
 
     c.cancel(job1)
     wait_for(lambda: c.containers() == {node2}, 60, f"{node1} removed")
     assert c.job_state(job2) == "RUNNING"
     assert c.capacity()[node1] == {"Absent"}
+    assert_nodes_read_as_oarnodes_shows_them(c)  # a busy one, absent ones
     kinds = [(e["kind"], e.get("node")) for e in c.events()]
     for kind in ("requested", "started", "registered", "busy", "draining", "removed"):
         assert (kind, node1) in kinds, (kind, kinds)
