@@ -13,10 +13,12 @@ import math
 from array import array
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import compress, count, islice, repeat
 from operator import le
+from typing import overload
 
 from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot
 from accordion.simulator.traces import TraceJob
@@ -73,6 +75,46 @@ class Run:
     timeline: tuple[array, array, array, array]
 
 
+class _Nodes(Sequence[Node]):
+    """Some of the engine's nodes as the policy reads them: a `Node` is built only when the policy looks at
+    that node, and once per state the node enters. The policy counts most nodes of a large machine (busy
+    ones, idle ones a job was fitted onto) and names few: building them all on every call was most of its
+    cost (README, "Speed"). Valid during the policy call it is made for."""
+
+    def __init__(self, sim: Simulation, xs: Collection[int]) -> None:
+        self.sim, self.xs = sim, xs
+
+    @cached_property
+    def ordered(self) -> Sequence[int]:
+        """The node numbers in order: a set's in name order, sorted here once if the policy reads them at all;
+        a sequence's or a dict's as they are."""
+        if isinstance(self.xs, set):
+            return sorted(self.xs)
+        return self.xs if isinstance(self.xs, Sequence) else list(self.xs)
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    @overload
+    def __getitem__(self, i: int) -> Node: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Node]: ...
+    def __getitem__(self, i: int | slice) -> Node | Sequence[Node]:
+        if isinstance(i, slice):
+            return tuple(map(self.sim.node, self.ordered[i]))
+        return self.sim.node(self.ordered[i])
+
+    def __iter__(self) -> Iterator[Node]:
+        # A dict is read from its start, not listed: the policy reads the longest idle nodes only.
+        return map(self.sim.node, self.ordered if isinstance(self.xs, set) else self.xs)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to the same nodes in the same order, as in the tuples of an index a snapshot builds itself."""
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def _after(t: float, delay: float) -> float:
     """The first float time at which `time - t >= delay` holds, so a policy comparing durations agrees."""
     w = t + delay
@@ -119,23 +161,29 @@ class Simulation:
         self.state = [ABSENT] * n
         self.gen = [0] * n  # bumped on every state change: events of a node's earlier life are stale
         self.since = [0.0] * n
-        self.free = [0] * n
         self.job_on = [-1] * n
-        self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
-        self.dirty: set[int] = set()  # nodes whose Node object is out of date: rebuilt once per policy call
-        # The nodes by state, kept as they change, in the order the policy reads them (model.NodeSetNodes):
-        # snapshots are built from these without looking at every node.
+        # Each node's `Node` as the policy last read it, and the gen it was built at (-1: never).
+        self.nodes: list[Node | None] = [None] * n
+        self.built = [-1] * n
+        # The nodes by state, kept as they change, in the orders the policy reads them (model.NodeSetNodes):
+        # snapshots are views of these, and look at no node the policy does not read.
         self.idle: list[int] = []  # sorted: jobs take the lowest-numbered idle nodes, as Slurm picks them
+        # The idle nodes longest idle first, ties in name order: a dict keeps that order and forgets a node
+        # that leaves in O(1) (jobs take idle nodes by name, not by age).
+        self.idle_longest: dict[int, None] = {}
         self.starting: set[int] = set()
-        self.in_use: list[int] = []  # busy, sorted
+        self.in_use: set[int] = set()  # busy: only counted, unless a policy reads them (then sorted)
         self.absent: list[int] = list(range(n))  # longest absent first, ties in name (index) order
         self.draining = 0
+        self.leaving: list[tuple[int, int]] = []  # nodes removed in this step, (node, gen): one _GONE event
         # Idle timeouts in the order they expire (nodes go idle in time order): only the earliest is an event.
         self.expiries: deque[tuple[float, int, int]] = deque()
         self.wake_at = math.inf
         self.idle_t = self.idle_until = math.nan  # the last _after(t, idle_timeout): nodes go idle together
         self.provisioned = self.busy = self.demand = 0
-        self.events: list[tuple[float, int, int, int, int]] = []
+        # (time, sequence, kind, job, nodes): the job that ends (_END), or the (node, gen) pairs of the nodes
+        # started or removed together (_READY, _GONE): one event for them all, not one per node.
+        self.events: list[tuple[float, int, int, int, list[tuple[int, int]]]] = []
         self.seq = 0
         self.node_seconds = 0.0
         self.node_starts = self.killed = self.calls = 0
@@ -143,17 +191,31 @@ class Simulation:
 
     # ----- nodes -----
 
-    def _push(self, t: float, kind: int, x: int, g: int = 0) -> None:
+    def _push(self, t: float, kind: int, j: int = -1, nodes: list[tuple[int, int]] | None = None) -> None:
         self.seq += 1
-        heapq.heappush(self.events, (t, self.seq, kind, x, g))
+        heapq.heappush(self.events, (t, self.seq, kind, j, nodes or []))
 
-    def _set(self, x: int, state: NodeState, t: float, free: int = 0) -> None:
-        """Node x (not idle, nor becoming idle: see _idle and _start) enters `state`."""
+    def node(self, x: int) -> Node:
+        """Node x as the policy sees it, built once per state it enters."""
+        if self.built[x] != self.gen[x]:
+            s = self.state[x]
+            free = self.cluster.cpus_per_node if s is IDLE or s is STARTING else 0
+            self.nodes[x] = Node(self.names[x], NODESET, s, self.since[x], free)
+            self.built[x] = self.gen[x]
+        node = self.nodes[x]
+        assert node is not None
+        return node
+
+    def _set(self, x: int, state: NodeState, t: float) -> None:
+        """Node x (not becoming idle: see _idle) enters `state`."""
         old = self.state[x]
         if old is STARTING:
             self.starting.discard(x)
         elif old is BUSY:
-            del self.in_use[bisect_left(self.in_use, x)]
+            self.in_use.discard(x)
+        elif old is IDLE:
+            self.idle.remove(x)
+            del self.idle_longest[x]
         elif old is DRAINING:
             self.draining -= 1
         elif old is ABSENT:
@@ -167,29 +229,28 @@ class Simulation:
         self.gen[x] += 1
         self.state[x] = state
         self.since[x] = t
-        self.free[x] = free
-        self.dirty.add(x)
 
     def _idle(self, xs: list[int], t: float) -> None:
-        """Nodes xs (in increasing order) become idle at t."""
-        gen, state, since, free = self.gen, self.state, self.since, self.free
-        cpn = self.cluster.cpus_per_node
+        """Nodes xs (in increasing order, busy or starting) become idle at t."""
+        gen, state, since = self.gen, self.state, self.since
         for x in xs:
-            if state[x] is BUSY:
-                del self.in_use[bisect_left(self.in_use, x)]
-            else:
-                self.starting.discard(x)
             gen[x] += 1
             state[x] = IDLE
             since[x] = t
-            free[x] = cpn
-        self.dirty.update(xs)
+        self.in_use.difference_update(xs)
+        self.starting.difference_update(xs)
         idle = self.idle
         if idle and idle[-1] > xs[0]:
             idle += xs
             idle.sort()  # a merge of two sorted runs
         else:
             idle += xs
+        longest = self.idle_longest
+        tied = []  # nodes idle since t already: ties are in name order
+        while longest and since[last := next(reversed(longest))] == t:
+            longest.popitem()
+            tied.append(last)
+        longest.update(dict.fromkeys(sorted(tied + xs) if tied else xs))
         if self.idle_timeout < math.inf:
             if t != self.idle_t:
                 self.idle_t, self.idle_until = t, _after(t, self.idle_timeout)
@@ -210,12 +271,18 @@ class Simulation:
             expiries.popleft()
         if expiries and expiries[0][0] != self.wake_at:
             self.wake_at = expiries[0][0]
-            self._push(self.wake_at, _WAKE, -1)
+            self._push(self.wake_at, _WAKE)
 
     def _remove(self, x: int, t: float) -> None:
         self.job_on[x] = -1
         self._set(x, DRAINING, t)
-        self._push(t + self.cluster.stop_time, _GONE, x, self.gen[x])
+        self.leaving.append((x, self.gen[x]))
+
+    def _left(self, t: float) -> None:
+        """The nodes removed in this step are gone once stopped: one event for them all."""
+        if self.leaving:
+            self._push(t + self.cluster.stop_time, _GONE, nodes=self.leaving)
+            self.leaving = []
 
     # ----- jobs -----
 
@@ -230,15 +297,14 @@ class Simulation:
         k, idle = self.k[j], self.idle
         got = idle[:k]
         del idle[:k]
-        gen, state, since, free, job_on, in_use = self.gen, self.state, self.since, self.free, self.job_on, self.in_use
+        gen, state, since, job_on, longest = self.gen, self.state, self.since, self.job_on, self.idle_longest
         for x in got:
-            insort(in_use, x)
             gen[x] += 1
             state[x] = BUSY
             since[x] = t
-            free[x] = 0
             job_on[x] = j
-        self.dirty.update(got)
+            del longest[x]
+        self.in_use.update(got)
         self.busy += k
         self.running[j] = got
         self.usable[j] = len(got)
@@ -318,32 +384,26 @@ class Simulation:
     # ----- the policy -----
 
     def _decide(self, t: float) -> None:
-        nodes, names, state, since, free = self.nodes, self.names, self.state, self.since, self.free
-        for x in self.dirty:  # only nodes that changed since the last call get a new Node
-            nodes[x] = Node(names[x], NODESET, state[x], since[x], free[x])
-        self.dirty.clear()
         jobs = tuple(map(self.job_objs.__getitem__, self.queue))
-        node = nodes.__getitem__
         index = NodeSetNodes(
-            starting=tuple(map(node, sorted(self.starting))),
-            idle=tuple(map(node, self.idle)),
-            busy=tuple(map(node, self.in_use)),
+            starting=_Nodes(self, self.starting),
+            idle=_Nodes(self, self.idle),
+            busy=_Nodes(self, self.in_use),
             partly_free=(),  # jobs take whole nodes
-            absent=tuple(map(node, self.absent)),
+            absent=_Nodes(self, self.absent),
             draining=self.draining,
+            idle_longest=_Nodes(self, self.idle_longest),
         )
-        snap = Snapshot(t, (self.spec,), tuple(nodes), jobs, self.resume_timeout, {NODESET: index})  # type: ignore[arg-type]
-        plan = self.policy(snap)
+        every = _Nodes(self, range(len(self.names)))
+        plan = self.policy(Snapshot(t, (self.spec,), every, jobs, self.resume_timeout, {NODESET: index}))  # type: ignore[arg-type]
         self.calls += 1
+        state = self.state
         for stop in plan.stop:
             x = self.index[stop.node]
             s = state[x]
             if s is ABSENT or s is DRAINING:
                 continue
-            if s is IDLE:
-                self.idle.remove(x)
-                self._remove(x, t)
-            elif s is STARTING:
+            if s is IDLE or s is STARTING:
                 self._remove(x, t)
             elif stop.failed:
                 # The controller deletes such a node at once: its job dies with it.
@@ -355,14 +415,29 @@ class Simulation:
             else:
                 self._set(x, DRAINING, t)
                 self.usable[self.job_on[x]] -= 1
-        for start in plan.start:
-            x = self.index[start.node]
+        self._left(t)
+        xs = [self.index[start.node] for start in plan.start]
+        for x in xs:
             if state[x] is not ABSENT:
-                raise SimulationError(f"policy {self.name!r} started {start.node}, which is {state[x].value}")
-            self._set(x, STARTING, t, self.cluster.cpus_per_node)
-            self.provisioned += 1
-            self.node_starts += 1
-            self._push(t + self.cluster.boot_time, _READY, x, self.gen[x])
+                raise SimulationError(f"policy {self.name!r} started {self.names[x]}, which is {state[x].value}")
+        if len(set(xs)) < len(xs):
+            raise SimulationError(f"policy {self.name!r} started a node twice")
+        absent = self.absent
+        if absent[: len(xs)] == xs:  # the policies start the longest absent nodes first: one cut, not a search each
+            del absent[: len(xs)]
+        else:
+            for x in xs:
+                absent.remove(x)
+        gen, since, starting = self.gen, self.since, self.starting
+        for x in xs:
+            gen[x] += 1
+            state[x] = STARTING
+            since[x] = t
+        starting.update(xs)
+        self.provisioned += len(xs)
+        self.node_starts += len(xs)
+        if xs:
+            self._push(t + self.cluster.boot_time, _READY, nodes=[(x, gen[x]) for x in xs])
 
     # ----- the loop -----
 
@@ -395,7 +470,8 @@ class Simulation:
             self.node_seconds += self.provisioned * (t - last)
             last = t
             changed = woke = False
-            ready, gone = [], []
+            ready: list[int] = []
+            gone: list[int] = []
             while i < n and sub[i] == t:
                 self._submit(i, t)
                 i += 1
@@ -403,19 +479,15 @@ class Simulation:
                 if self.progress and i % 4096 == 0:
                     self.progress(i)
             while events and events[0][0] == t:
-                _, _, kind, x, g = heapq.heappop(events)
+                _, _, kind, j, nodes = heapq.heappop(events)
                 if kind == _END:
-                    if x in self.running:  # else killed earlier
-                        self._release(x, t)
+                    if j in self.running:  # else killed earlier
+                        self._release(j, t)
                         changed = True
                 elif kind == _WAKE:
                     woke = self._expired(t) or woke
-                elif gen[x] != g:
-                    continue
-                elif kind == _READY:
-                    ready.append(x)
-                else:
-                    gone.append(x)
+                else:  # nodes that changed state since belong to an earlier life: stale
+                    (ready if kind == _READY else gone).extend(x for x, g in nodes if gen[x] == g)
             for x in sorted(gone):  # nodes gone together are reused in name order
                 self._set(x, ABSENT, t)
                 self.provisioned -= 1
@@ -429,6 +501,7 @@ class Simulation:
             if changed or woke or (gone and self.queue):
                 self._decide(t)
                 self._next_wake()
+            self._left(t)
             if changed or woke or gone:
                 self._record(t)
         if self.progress:
