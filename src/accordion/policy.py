@@ -228,7 +228,9 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     wanted: set[str] = set()  # the existing nodes some waiting job was fitted onto, by name
     whole = 0  # or by count: the first `whole` of the idle, then starting, nodes
     starts: list[Start] = []
-    counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room) if waiting and not g.partly_free else None
+    counted = None
+    if waiting and not g.partly_free:
+        counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room)
     if counted is not None:
         whole, starts = counted
     elif waiting:
@@ -247,10 +249,10 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     # every idle node: a long wait for busy nodes to free up costs nothing per call.
     removable: list[Node] = []
     if whole < len(idle):
-        removable = list(takewhile(lambda n: now - n.since >= spec.idle_timeout, g.idle_longest))
-        if removable and whole:
+        expired = list(takewhile(lambda n: now - n.since >= spec.idle_timeout, g.idle_longest))
+        if expired and whole:
             wanted = {n.name for n in idle[:whole]}
-        removable = [n for n in removable if n.name not in wanted]
+        removable = [n for n in expired if n.name not in wanted]
     keep = max(0, spec.min_nodes - (active - len(removable)))
     for n in removable[: max(0, len(removable) - keep)]:
         plan.stop.append(Stop(n.name, name, f"idle {now - n.since:.0f} s"))

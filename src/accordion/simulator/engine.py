@@ -162,9 +162,10 @@ class Simulation:
         self.gen = [0] * n  # bumped on every state change: events of a node's earlier life are stale
         self.since = [0.0] * n
         self.job_on = [-1] * n
-        # Each node's `Node` as the policy last read it, and the gen it was built at (-1: never).
-        self.nodes: list[Node | None] = [None] * n
-        self.built = [-1] * n
+        # Each node's `Node` as the policy last read it, and the gen it was built at.
+        self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
+        self.built = [0] * n
+        self.free_in = {STARTING: cpn, IDLE: cpn}  # CPUs free on a node in a state, if any
         # The nodes by state, kept as they change, in the orders the policy reads them (model.NodeSetNodes):
         # snapshots are views of these, and look at no node the policy does not read.
         self.idle: list[int] = []  # sorted: jobs take the lowest-numbered idle nodes, as Slurm picks them
@@ -197,37 +198,25 @@ class Simulation:
 
     def node(self, x: int) -> Node:
         """Node x as the policy sees it, built once per state it enters."""
-        if self.built[x] != self.gen[x]:
-            s = self.state[x]
-            free = self.cluster.cpus_per_node if s is IDLE or s is STARTING else 0
-            self.nodes[x] = Node(self.names[x], NODESET, s, self.since[x], free)
-            self.built[x] = self.gen[x]
-        node = self.nodes[x]
-        assert node is not None
+        if self.built[x] == self.gen[x]:
+            return self.nodes[x]
+        s = self.state[x]
+        self.nodes[x] = node = Node(self.names[x], NODESET, s, self.since[x], self.free_in.get(s, 0))
+        self.built[x] = self.gen[x]
         return node
 
-    def _set(self, x: int, state: NodeState, t: float) -> None:
-        """Node x (not becoming idle: see _idle) enters `state`."""
+    def _drain(self, x: int, t: float) -> None:
+        """Node x (starting, busy, or draining and its job ending: see _remove) is leaving: no new jobs."""
         old = self.state[x]
         if old is STARTING:
             self.starting.discard(x)
         elif old is BUSY:
             self.in_use.discard(x)
-        elif old is IDLE:
-            self.idle.remove(x)
-            del self.idle_longest[x]
-        elif old is DRAINING:
+        else:
             self.draining -= 1
-        elif old is ABSENT:
-            self.absent.remove(x)
-        if state is STARTING:
-            self.starting.add(x)
-        elif state is DRAINING:
-            self.draining += 1
-        elif state is ABSENT:
-            self.absent.append(x)  # the caller passes nodes gone at the same time in index order
+        self.draining += 1
         self.gen[x] += 1
-        self.state[x] = state
+        self.state[x] = DRAINING
         self.since[x] = t
 
     def _idle(self, xs: list[int], t: float) -> None:
@@ -275,8 +264,33 @@ class Simulation:
 
     def _remove(self, x: int, t: float) -> None:
         self.job_on[x] = -1
-        self._set(x, DRAINING, t)
+        self._drain(x, t)
         self.leaving.append((x, self.gen[x]))
+
+    def _remove_idle(self, xs: list[int], t: float) -> None:
+        """`_remove` for idle nodes the policy stops together (most stops): one pass over the idle nodes,
+        not a search for each."""
+        out = set(xs)
+        self.idle[:] = [x for x in self.idle if x not in out]
+        gen, state, since, longest = self.gen, self.state, self.since, self.idle_longest
+        for x in xs:
+            del longest[x]
+            gen[x] += 1
+            state[x] = DRAINING
+            since[x] = t
+        self.draining += len(xs)
+        self.leaving += [(x, gen[x]) for x in xs]
+
+    def _gone(self, xs: list[int], t: float) -> None:
+        """Leaving nodes xs (in increasing order) are gone at t: reused last, in name order."""
+        gen, state, since = self.gen, self.state, self.since
+        for x in xs:
+            gen[x] += 1
+            state[x] = ABSENT
+            since[x] = t
+        self.absent += xs
+        self.draining -= len(xs)
+        self.provisioned -= len(xs)
 
     def _left(self, t: float) -> None:
         """The nodes removed in this step are gone once stopped: one event for them all."""
@@ -398,12 +412,15 @@ class Simulation:
         plan = self.policy(Snapshot(t, (self.spec,), every, jobs, self.resume_timeout, {NODESET: index}))  # type: ignore[arg-type]
         self.calls += 1
         state = self.state
+        idle = []
         for stop in plan.stop:
             x = self.index[stop.node]
             s = state[x]
             if s is ABSENT or s is DRAINING:
                 continue
-            if s is IDLE or s is STARTING:
+            if s is IDLE:
+                idle.append(x)
+            elif s is STARTING:
                 self._remove(x, t)
             elif stop.failed:
                 # The controller deletes such a node at once: its job dies with it.
@@ -413,8 +430,10 @@ class Simulation:
                 self._remove(x, t)
                 self._release(j, t)
             else:
-                self._set(x, DRAINING, t)
+                self._drain(x, t)
                 self.usable[self.job_on[x]] -= 1
+        if idle:
+            self._remove_idle(idle, t)
         self._left(t)
         xs = [self.index[start.node] for start in plan.start]
         for x in xs:
@@ -488,9 +507,8 @@ class Simulation:
                     woke = self._expired(t) or woke
                 else:  # nodes that changed state since belong to an earlier life: stale
                     (ready if kind == _READY else gone).extend(x for x, g in nodes if gen[x] == g)
-            for x in sorted(gone):  # nodes gone together are reused in name order
-                self._set(x, ABSENT, t)
-                self.provisioned -= 1
+            if gone:
+                self._gone(sorted(gone), t)
             if ready:
                 ready.sort()
                 self._idle(ready, t)
