@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import compress, count, islice, repeat
-from operator import le
+from operator import eq, le
 from typing import overload
 
 from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot
@@ -177,8 +177,9 @@ class Simulation:
         self.absent: list[int] = list(range(n))  # longest absent first, ties in name (index) order
         self.draining = 0
         self.leaving: list[tuple[int, int]] = []  # nodes removed in this step, (node, gen): one _GONE event
-        # Idle timeouts in the order they expire (nodes go idle in time order): only the earliest is an event.
-        self.expiries: deque[tuple[float, int, int]] = deque()
+        # Idle timeouts in the order they expire (nodes go idle in time order), one per batch of nodes gone
+        # idle together: (when, nodes, their gens). Only the earliest is an event.
+        self.expiries: deque[tuple[float, list[int], list[int]]] = deque()
         self.wake_at = math.inf
         self.idle_t = self.idle_until = math.nan  # the last _after(t, idle_timeout): nodes go idle together
         self.provisioned = self.busy = self.demand = 0
@@ -221,11 +222,12 @@ class Simulation:
 
     def _idle(self, xs: list[int], t: float) -> None:
         """Nodes xs (in increasing order, busy or starting) become idle at t."""
-        gen, state, since = self.gen, self.state, self.since
+        gen, state, since, job_on = self.gen, self.state, self.since, self.job_on
         for x in xs:
             gen[x] += 1
             state[x] = IDLE
             since[x] = t
+            job_on[x] = -1
         self.in_use.difference_update(xs)
         self.starting.difference_update(xs)
         idle = self.idle
@@ -243,20 +245,25 @@ class Simulation:
         if self.idle_timeout < math.inf:
             if t != self.idle_t:
                 self.idle_t, self.idle_until = t, _after(t, self.idle_timeout)
-            self.expiries.extend([(self.idle_until, x, gen[x]) for x in xs])
+            self.expiries.append((self.idle_until, xs, [gen[x] for x in xs]))
+
+    def _still_idle(self, xs: list[int], gens: list[int]) -> bool:
+        """Whether one of nodes xs is still in the life it had then (idle since). Found in C, from the last:
+        jobs take the lowest-numbered idle nodes, so the last ones are those most likely still idle."""
+        return any(map(eq, map(self.gen.__getitem__, reversed(xs)), reversed(gens)))
 
     def _expired(self, t: float) -> bool:
         """Forget idle timeouts reached by t; whether one of them is a node still idle since then."""
-        expiries, gen = self.expiries, self.gen
+        expiries = self.expiries
         woke = False
         while expiries and expiries[0][0] <= t:
-            _, x, g = expiries.popleft()
-            woke = woke or gen[x] == g
+            _, xs, gens = expiries.popleft()
+            woke = woke or self._still_idle(xs, gens)
         return woke
 
     def _next_wake(self) -> None:
-        expiries, gen = self.expiries, self.gen
-        while expiries and gen[expiries[0][1]] != expiries[0][2]:
+        expiries = self.expiries
+        while expiries and not self._still_idle(expiries[0][1], expiries[0][2]):
             expiries.popleft()
         if expiries and expiries[0][0] != self.wake_at:
             self.wake_at = expiries[0][0]
@@ -335,16 +342,13 @@ class Simulation:
         del by_end[bisect_left(by_end, (self.start[j] + self.est[j], j))]
         self.demand -= self.jobs[j].procs
         job_on, state = self.job_on, self.state
-        back = []
-        for x in got:
-            if job_on[x] != j:
-                continue  # already taken away (a killing stop)
-            self.busy -= 1
-            if state[x] is BUSY:
-                job_on[x] = -1
-                back.append(x)
-            else:
-                self._remove(x, t)
+        mine = [x for x in got if job_on[x] == j]  # the others were taken away (a killing stop)
+        self.busy -= len(mine)
+        back = [x for x in mine if state[x] is BUSY]
+        if len(back) < len(mine):  # the others were drained while the job ran: they go now
+            for x in mine:
+                if state[x] is not BUSY:
+                    self._remove(x, t)
         if back:
             self._idle(back, t)
 
