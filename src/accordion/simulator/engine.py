@@ -176,16 +176,16 @@ class Simulation:
         self.in_use: set[int] = set()  # busy: only counted, unless a policy reads them (then sorted)
         self.absent: list[int] = list(range(n))  # longest absent first, ties in name (index) order
         self.draining = 0
-        self.leaving: list[tuple[int, int]] = []  # nodes removed in this step, (node, gen): one _GONE event
+        self.leaving: tuple[list[int], list[int]] = ([], [])  # nodes removed in this step and their gens
         # Idle timeouts in the order they expire (nodes go idle in time order), one per batch of nodes gone
         # idle together: (when, nodes, their gens). Only the earliest is an event.
         self.expiries: deque[tuple[float, list[int], list[int]]] = deque()
         self.wake_at = math.inf
         self.idle_t = self.idle_until = math.nan  # the last _after(t, idle_timeout): nodes go idle together
         self.provisioned = self.busy = self.demand = 0
-        # (time, sequence, kind, job, nodes): the job that ends (_END), or the (node, gen) pairs of the nodes
-        # started or removed together (_READY, _GONE): one event for them all, not one per node.
-        self.events: list[tuple[float, int, int, int, list[tuple[int, int]]]] = []
+        # (time, sequence, kind, job, nodes): the job that ends (_END), or the nodes started or removed together
+        # and their gens (_READY, _GONE): one event for them all, not one per node.
+        self.events: list[tuple[float, int, int, int, tuple[Sequence[int], Sequence[int]]]] = []
         self.seq = 0
         self.node_seconds = 0.0
         self.node_starts = self.killed = self.calls = 0
@@ -193,9 +193,17 @@ class Simulation:
 
     # ----- nodes -----
 
-    def _push(self, t: float, kind: int, j: int = -1, nodes: list[tuple[int, int]] | None = None) -> None:
+    def _push(self, t: float, kind: int, j: int = -1, nodes: tuple[Sequence[int], Sequence[int]] = ((), ())) -> None:
         self.seq += 1
-        heapq.heappush(self.events, (t, self.seq, kind, j, nodes or []))
+        heapq.heappush(self.events, (t, self.seq, kind, j, nodes))
+
+    def _live(self, xs: Sequence[int], gens: Sequence[int]) -> Sequence[int]:
+        """The nodes xs still in the life they had (gens): the others changed state since, and their event is
+        stale. All of them, usually: that is found in C."""
+        gen = self.gen
+        if all(map(eq, map(gen.__getitem__, xs), gens)):
+            return xs
+        return [x for x, g in zip(xs, gens) if gen[x] == g]
 
     def node(self, x: int) -> Node:
         """Node x as the policy sees it, built once per state it enters."""
@@ -220,16 +228,15 @@ class Simulation:
         self.state[x] = DRAINING
         self.since[x] = t
 
-    def _idle(self, xs: list[int], t: float) -> None:
-        """Nodes xs (in increasing order, busy or starting) become idle at t."""
+    def _idle(self, xs: list[int], t: float, was: set[int]) -> None:
+        """Nodes xs (in increasing order, busy or starting: `was` is that set) become idle at t."""
         gen, state, since, job_on = self.gen, self.state, self.since, self.job_on
         for x in xs:
             gen[x] += 1
             state[x] = IDLE
             since[x] = t
             job_on[x] = -1
-        self.in_use.difference_update(xs)
-        self.starting.difference_update(xs)
+        was.difference_update(xs)
         idle = self.idle
         if idle and idle[-1] > xs[0]:
             idle += xs
@@ -272,7 +279,8 @@ class Simulation:
     def _remove(self, x: int, t: float) -> None:
         self.job_on[x] = -1
         self._drain(x, t)
-        self.leaving.append((x, self.gen[x]))
+        self.leaving[0].append(x)
+        self.leaving[1].append(self.gen[x])
 
     def _remove_idle(self, xs: list[int], t: float) -> None:
         """`_remove` for idle nodes the policy stops together (most stops): one pass over the idle nodes,
@@ -286,7 +294,8 @@ class Simulation:
             state[x] = DRAINING
             since[x] = t
         self.draining += len(xs)
-        self.leaving += [(x, gen[x]) for x in xs]
+        self.leaving[0].extend(xs)
+        self.leaving[1].extend([gen[x] for x in xs])
 
     def _gone(self, xs: list[int], t: float) -> None:
         """Leaving nodes xs (in increasing order) are gone at t: reused last, in name order."""
@@ -301,9 +310,9 @@ class Simulation:
 
     def _left(self, t: float) -> None:
         """The nodes removed in this step are gone once stopped: one event for them all."""
-        if self.leaving:
+        if self.leaving[0]:
             self._push(t + self.cluster.stop_time, _GONE, nodes=self.leaving)
-            self.leaving = []
+            self.leaving = ([], [])
 
     # ----- jobs -----
 
@@ -350,7 +359,7 @@ class Simulation:
                 if state[x] is not BUSY:
                     self._remove(x, t)
         if back:
-            self._idle(back, t)
+            self._idle(back, t, self.in_use)
 
     # ----- the batch scheduler -----
 
@@ -440,27 +449,24 @@ class Simulation:
             self._remove_idle(idle, t)
         self._left(t)
         xs = [self.index[start.node] for start in plan.start]
+        gen, since = self.gen, self.since
         for x in xs:
-            if state[x] is not ABSENT:
+            if state[x] is not ABSENT:  # a node started twice in the plan is starting by its second time
                 raise SimulationError(f"policy {self.name!r} started {self.names[x]}, which is {state[x].value}")
-        if len(set(xs)) < len(xs):
-            raise SimulationError(f"policy {self.name!r} started a node twice")
+            gen[x] += 1
+            state[x] = STARTING
+            since[x] = t
         absent = self.absent
         if absent[: len(xs)] == xs:  # the policies start the longest absent nodes first: one cut, not a search each
             del absent[: len(xs)]
         else:
             for x in xs:
                 absent.remove(x)
-        gen, since, starting = self.gen, self.since, self.starting
-        for x in xs:
-            gen[x] += 1
-            state[x] = STARTING
-            since[x] = t
-        starting.update(xs)
+        self.starting.update(xs)
         self.provisioned += len(xs)
         self.node_starts += len(xs)
         if xs:
-            self._push(t + self.cluster.boot_time, _READY, nodes=[(x, gen[x]) for x in xs])
+            self._push(t + self.cluster.boot_time, _READY, nodes=(xs, [gen[x] for x in xs]))
 
     # ----- the loop -----
 
@@ -481,7 +487,7 @@ class Simulation:
         self._decide(t)
         self._record(t)
         self._next_wake()
-        events, sub, gen = self.events, self.sub, self.gen
+        events, sub = self.events, self.sub
         i = 0
         while i < n or self.queue or self.running:
             nxt = sub[i] if i < n else math.inf
@@ -509,13 +515,13 @@ class Simulation:
                         changed = True
                 elif kind == _WAKE:
                     woke = self._expired(t) or woke
-                else:  # nodes that changed state since belong to an earlier life: stale
-                    (ready if kind == _READY else gone).extend(x for x, g in nodes if gen[x] == g)
+                else:
+                    (ready if kind == _READY else gone).extend(self._live(*nodes))
             if gone:
                 self._gone(sorted(gone), t)
             if ready:
                 ready.sort()
-                self._idle(ready, t)
+                self._idle(ready, t, self.starting)
                 changed = True
             if changed:
                 self._schedule(t)
