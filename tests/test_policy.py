@@ -295,6 +295,7 @@ def test_snapshot_index_orders(ns):
         assert g.busy == of(NodeState.BUSY, NodeState.UNRESPONSIVE)
         assert g.partly_free == tuple(n for n in of(NodeState.BUSY) if n.free_cpus > 0)
         assert g.absent == tuple(sorted(of(NodeState.ABSENT), key=lambda n: n.since))
+        assert g.idle_longest == tuple(sorted(of(NodeState.IDLE), key=lambda n: n.since))
         assert g.draining == len(of(NodeState.DRAINING))
 
 
