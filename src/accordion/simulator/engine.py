@@ -230,7 +230,13 @@ class Simulation:
 
     def _idle(self, xs: list[int], t: float, was: set[int]) -> None:
         """Nodes xs (in increasing order, busy or starting: `was` is that set) become idle at t."""
-        gen, state, since, job_on = self.gen, self.state, self.since, self.job_on
+        gen, state, since, job_on, longest = self.gen, self.state, self.since, self.job_on, self.idle_longest
+        tied = []  # nodes idle since t already: they and xs go last, in name order
+        while longest and since[last := next(reversed(longest))] == t:
+            longest.popitem()
+            tied.append(last)
+        for x in sorted(tied + xs) if tied else xs:
+            longest[x] = None
         for x in xs:
             gen[x] += 1
             state[x] = IDLE
@@ -243,12 +249,6 @@ class Simulation:
             idle.sort()  # a merge of two sorted runs
         else:
             idle += xs
-        longest = self.idle_longest
-        tied = []  # nodes idle since t already: ties are in name order
-        while longest and since[last := next(reversed(longest))] == t:
-            longest.popitem()
-            tied.append(last)
-        longest.update(dict.fromkeys(sorted(tied + xs) if tied else xs))
         if self.idle_timeout < math.inf:
             if t != self.idle_t:
                 self.idle_t, self.idle_until = t, _after(t, self.idle_timeout)
