@@ -15,10 +15,9 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import compress, count, islice, repeat
 from operator import eq, le
-from typing import overload
+from typing import NamedTuple, overload
 
 from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot
 from accordion.simulator.traces import TraceJob
@@ -79,15 +78,16 @@ class _Nodes(Sequence[Node]):
     """Some of the engine's nodes as the policy reads them: a `Node` is built only when the policy looks at
     that node, and once per state the node enters. The policy counts most nodes of a large machine (busy
     ones, idle ones a job was fitted onto) and names few: building them all on every call was most of its
-    cost (README, "Speed"). Valid during the policy call it is made for."""
+    cost (README, "Speed"). Made once, they show the engine's nodes as they are: a policy must not keep
+    them past its call."""
 
-    def __init__(self, sim: Simulation, xs: Collection[int]) -> None:
-        self.sim, self.xs = sim, xs
+    def __init__(self, node: Callable[[int], Node], xs: Collection[int]) -> None:
+        self.node, self.xs = node, xs
 
-    @cached_property
+    @property
     def ordered(self) -> Sequence[int]:
-        """The node numbers in order: a set's in name order, sorted here once if the policy reads them at all;
-        a sequence's or a dict's as they are."""
+        """The node numbers in order: a set's in name order, sorted when read (policies read few starting
+        nodes, and busy ones only by hand); a sequence's or a dict's as they are."""
         if isinstance(self.xs, set):
             return sorted(self.xs)
         return self.xs if isinstance(self.xs, Sequence) else list(self.xs)
@@ -101,18 +101,29 @@ class _Nodes(Sequence[Node]):
     def __getitem__(self, i: slice) -> Sequence[Node]: ...
     def __getitem__(self, i: int | slice) -> Node | Sequence[Node]:
         if isinstance(i, slice):
-            return tuple(map(self.sim.node, self.ordered[i]))
-        return self.sim.node(self.ordered[i])
+            return tuple(map(self.node, self.ordered[i]))
+        return self.node(self.ordered[i])
 
     def __iter__(self) -> Iterator[Node]:
         # A dict is read from its start, not listed: the policy reads the longest idle nodes only.
-        return map(self.sim.node, self.ordered if isinstance(self.xs, set) else self.xs)
+        return map(self.node, self.ordered if isinstance(self.xs, set) else self.xs)
 
     def __eq__(self, other: object) -> bool:
         """Equal to the same nodes in the same order, as in the tuples of an index a snapshot builds itself."""
         return isinstance(other, Sequence) and tuple(self) == tuple(other)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class _Views(NamedTuple):
+    """The engine's nodes by state as the policy reads them, made once."""
+
+    starting: _Nodes
+    idle: _Nodes
+    busy: _Nodes
+    absent: _Nodes
+    idle_longest: _Nodes
+    every: _Nodes
 
 
 def _after(t: float, delay: float) -> float:
@@ -166,8 +177,9 @@ class Simulation:
         self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
         self.built = [0] * n
         self.free_in = {STARTING: cpn, IDLE: cpn}  # CPUs free on a node in a state, if any
-        # The nodes by state, kept as they change, in the orders the policy reads them (model.NodeSetNodes):
-        # snapshots are views of these, and look at no node the policy does not read.
+        self.node = self._reader()
+        # The nodes by state, kept as they change (in place: `views` shows them), in the orders the policy reads
+        # them (model.NodeSetNodes): snapshots are views of these, and look at no node the policy does not read.
         self.idle: list[int] = []  # sorted: jobs take the lowest-numbered idle nodes, as Slurm picks them
         # The idle nodes longest idle first, ties in name order: a dict keeps that order and forgets a node
         # that leaves in O(1) (jobs take idle nodes by name, not by age).
@@ -176,6 +188,7 @@ class Simulation:
         self.in_use: set[int] = set()  # busy: only counted, unless a policy reads them (then sorted)
         self.absent: list[int] = list(range(n))  # longest absent first, ties in name (index) order
         self.draining = 0
+        self.views = _Views(*(_Nodes(self.node, xs) for xs in (self.starting, self.idle, self.in_use, self.absent, self.idle_longest, range(n))))
         self.leaving: tuple[list[int], list[int]] = ([], [])  # nodes removed in this step and their gens
         # Idle timeouts in the order they expire (nodes go idle in time order), one per batch of nodes gone
         # idle together: (when, nodes, their gens). Only the earliest is an event.
@@ -205,13 +218,19 @@ class Simulation:
             return xs
         return [x for x, g in zip(xs, gens) if gen[x] == g]
 
-    def node(self, x: int) -> Node:
-        """Node x as the policy sees it, built once per state it enters."""
-        if self.built[x] == self.gen[x]:
-            return self.nodes[x]
-        s = self.state[x]
-        self.nodes[x] = node = Node(self.names[x], NODESET, s, self.since[x], self.free_in.get(s, 0))
-        self.built[x] = self.gen[x]
+    def _reader(self) -> Callable[[int], Node]:
+        """`node(x)`: node x as the policy sees it, built once per state it enters. A closure over the node
+        arrays (never rebound), as the policy reads millions of nodes on a large machine."""
+        built, gen, nodes, state, since, names, free_in = self.built, self.gen, self.nodes, self.state, self.since, self.names, self.free_in
+
+        def node(x: int) -> Node:
+            if built[x] == gen[x]:
+                return nodes[x]
+            s = state[x]
+            nodes[x] = n = Node(names[x], NODESET, s, since[x], free_in.get(s, 0))
+            built[x] = gen[x]
+            return n
+
         return node
 
     def _drain(self, x: int, t: float) -> None:
@@ -412,17 +431,9 @@ class Simulation:
 
     def _decide(self, t: float) -> None:
         jobs = tuple(map(self.job_objs.__getitem__, self.queue))
-        index = NodeSetNodes(
-            starting=_Nodes(self, self.starting),
-            idle=_Nodes(self, self.idle),
-            busy=_Nodes(self, self.in_use),
-            partly_free=(),  # jobs take whole nodes
-            absent=_Nodes(self, self.absent),
-            draining=self.draining,
-            idle_longest=_Nodes(self, self.idle_longest),
-        )
-        every = _Nodes(self, range(len(self.names)))
-        plan = self.policy(Snapshot(t, (self.spec,), every, jobs, self.resume_timeout, {NODESET: index}))  # type: ignore[arg-type]
+        v = self.views
+        index = NodeSetNodes(v.starting, v.idle, v.busy, (), v.absent, self.draining, v.idle_longest)  # no node partly free
+        plan = self.policy(Snapshot(t, (self.spec,), v.every, jobs, self.resume_timeout, {NODESET: index}))  # type: ignore[arg-type]
         self.calls += 1
         state = self.state
         idle = []
