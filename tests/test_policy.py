@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -267,6 +269,19 @@ def test_same_plans_as_the_plain_policy(specs, ns, js, now):
     assert decide(s) == plain_decide(s)
 
 
+# The simulator's kind of snapshot: jobs take whole nodes, no busy node has CPUs left: the policy counts free
+# nodes instead of fitting jobs node by node (`_fit_whole`), which must change no plan.
+whole_nodes = random_nodes.map(lambda ns: [replace(n, free_cpus=0) if n.state == NodeState.BUSY else n for n in ns])
+whole_node_jobs = random_jobs.map(lambda js: [replace(j, exclusive=True) for j in js])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(specs=random_specs, ns=whole_nodes, js=whole_node_jobs, now=st.sampled_from([10.0, 30.0, 100.0]))
+def test_counted_fits_make_the_plans_of_the_plain_policy(specs, ns, js, now):
+    s = Snapshot(now, tuple(specs), tuple(ns), tuple(js), resume_timeout=8.0)
+    assert decide(s) == plain_decide(s)
+
+
 @settings(max_examples=300, deadline=None)
 @given(ns=random_nodes)
 def test_snapshot_index_orders(ns):
@@ -280,6 +295,7 @@ def test_snapshot_index_orders(ns):
         assert g.busy == of(NodeState.BUSY, NodeState.UNRESPONSIVE)
         assert g.partly_free == tuple(n for n in of(NodeState.BUSY) if n.free_cpus > 0)
         assert g.absent == tuple(sorted(of(NodeState.ABSENT), key=lambda n: n.since))
+        assert g.idle_longest == tuple(sorted(of(NodeState.IDLE), key=lambda n: n.since))
         assert g.draining == len(of(NodeState.DRAINING))
 
 

@@ -1,5 +1,6 @@
 """The simulator on hand-made workloads whose outcome is worked out in each test."""
 
+import dataclasses
 import math
 import random
 import subprocess
@@ -14,6 +15,7 @@ from accordion.simulator.engine import ClusterModel, SimulationError, fit_to, si
 from accordion.simulator.metrics import summarize, waits
 from accordion.simulator.policies import CHSC, POLICIES, powersave, static
 from accordion.simulator.traces import TraceJob
+from tests.test_policy import plain_decide
 
 
 def job(i, submit, nodes, run, estimate=None):
@@ -225,6 +227,24 @@ def test_snapshot_nodes_are_nodes():
 
     run(random_jobs(60), spy, nodes=16, idle_timeout=60)
     assert seen and all(type(n) is Node for n in seen)
+
+
+@pytest.mark.parametrize("cpus_per_node", [1, 4])
+def test_the_policy_plans_in_a_simulation_as_the_plain_policy_does(cpus_per_node):
+    """Golden comparison: at every call of a simulation (jobs of up to 16 nodes on 24, idle timeouts, boot
+    and stop delays), the policy on the engine's snapshot (views, counted fits) makes exactly the plan the
+    plain policy of tests/test_policy.py makes from the same nodes listed and indexed in full."""
+    calls = []
+
+    def spy(s: Snapshot) -> Plan:
+        plan = live_policy.decide(s)
+        plain = Snapshot(s.now, s.nodesets, tuple(s.nodes), s.jobs, s.resume_timeout)
+        calls.append(plan == plain_decide(plain) and plan == live_policy.decide(plain))
+        return plan
+
+    jobs = [dataclasses.replace(j, procs=j.procs * cpus_per_node) for j in random_jobs(300, seed=3)]
+    simulate(jobs, ClusterModel(24, cpus_per_node, min_nodes=2), spy, idle_timeout=30)
+    assert len(calls) > 300 and all(calls)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

@@ -6,7 +6,7 @@ Nothing here knows about Slurm, OAR, runc or Kubernetes: adapters translate into
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -132,15 +132,19 @@ class NodeSetSpec:
 
 @dataclass(frozen=True)
 class NodeSetNodes:
-    """One node set's nodes by state, in the order the policy uses them. Held and failed nodes are in none
-    of these: they are neither capacity nor startable."""
+    """One node set's nodes by state, in the orders the policy uses them. Held and failed nodes are in none
+    of these: they are neither capacity nor startable. Sequences, not necessarily tuples: the simulator
+    passes views that build a `Node` only when the policy reads it, so that the thousands of nodes of a large
+    machine that the policy only counts cost nothing per call."""
 
-    starting: tuple[Node, ...] = ()  # name order
-    idle: tuple[Node, ...] = ()  # name order
-    busy: tuple[Node, ...] = ()  # busy and unresponsive: in service, not removable; name order
-    partly_free: tuple[Node, ...] = ()  # the busy nodes with CPUs left, name order
-    absent: tuple[Node, ...] = ()  # longest absent first, ties in name order: a name just removed is reused last
+    starting: Sequence[Node] = ()  # name order
+    idle: Sequence[Node] = ()  # name order
+    busy: Sequence[Node] = ()  # busy and unresponsive: in service, not removable; name order
+    partly_free: Sequence[Node] = ()  # the busy nodes with CPUs left, name order
+    absent: Sequence[Node] = ()  # longest absent first, ties in name order: a name just removed is reused last
     draining: int = 0
+    # The idle nodes again, longest idle first, ties in name order: those past an idle timeout come first.
+    idle_longest: Sequence[Node] = ()
 
 
 NO_NODES = NodeSetNodes()
@@ -153,13 +157,15 @@ def index_nodes(nodes: Iterable[Node]) -> dict[str, NodeSetNodes]:
     for name in dict.fromkeys(n.nodeset for n in ordered):
         mine = [n for n in ordered if n.nodeset == name]
         busy = tuple(n for n in mine if n.state in (NodeState.BUSY, NodeState.UNRESPONSIVE))
+        idle = tuple(n for n in mine if n.state == NodeState.IDLE)
         out[name] = NodeSetNodes(
             starting=tuple(n for n in mine if n.state == NodeState.STARTING),
-            idle=tuple(n for n in mine if n.state == NodeState.IDLE),
+            idle=idle,
             busy=busy,
             partly_free=tuple(n for n in busy if n.state == NodeState.BUSY and n.free_cpus > 0),
             absent=tuple(sorted((n for n in mine if n.state == NodeState.ABSENT), key=lambda n: n.since)),
             draining=sum(1 for n in mine if n.state == NodeState.DRAINING),
+            idle_longest=tuple(sorted(idle, key=lambda n: n.since)),
         )
     return out
 
@@ -167,11 +173,12 @@ def index_nodes(nodes: Iterable[Node]) -> dict[str, NodeSetNodes]:
 @dataclass(frozen=True)
 class Snapshot:
     """What the policy sees. `index` is the nodes by node set and state: a builder that keeps one up to date
-    as nodes change (the simulator) passes it; otherwise it is built here from `nodes`."""
+    as nodes change (the simulator) passes it, with views that build a node only when read; otherwise it is
+    built here from `nodes`."""
 
     now: float
     nodesets: tuple[NodeSetSpec, ...]
-    nodes: tuple[Node, ...]
+    nodes: Sequence[Node]
     jobs: tuple[Job, ...]
     resume_timeout: float = 30.0
     index: Mapping[str, NodeSetNodes] | None = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, takewhile
 from operator import attrgetter, lt
 
 from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop, node_order
@@ -103,6 +103,37 @@ def _place(job: Job, s: Shape, slots: list[_Slot], fresh: list[str], left: int) 
     return mine, new
 
 
+def _what(s: Shape) -> str:
+    return f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
+
+
+def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[Node], room: int) -> tuple[int, list[Start]] | None:
+    """`_fit` when every slot is one of `free` whole free nodes and no job names nodes: then each job takes
+    whole free nodes from the front and new nodes from the front of `absent`, and counting them is enough
+    (on a large machine, thousands of nodes are never looked at). How many of the free nodes jobs were
+    fitted onto (the first ones), and the starts; None if a job names nodes or would leave room on a node
+    (then the slots differ, and `_fit` tells them apart)."""
+    taken = 0
+    reasons: list[str] = []
+    for job in waiting:
+        if job.required or job.excluded:
+            return None
+        s = shape(job, spec)
+        if s is None:
+            continue  # can never run here
+        if s.cpus < spec.cpus:
+            return None
+        for _ in range(job.count):
+            new = s.nodes - min(s.nodes, free - taken)
+            if new > room - len(reasons):
+                break  # the job's other copies have the same shape: they do not fit either
+            taken += s.nodes - new
+            reasons += [f"job {job.id} needs {_what(s)}"] * new
+        if len(reasons) >= room and taken == free:
+            break  # nothing more can fit: long queues on full clusters stay cheap
+    return taken, [Start(n.name, spec.name, reason) for n, reason in zip(absent, reasons)]
+
+
 def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int) -> tuple[set[str], list[Start]]:
     """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and up
     to `room` of the `fresh` names: the existing nodes some job was fitted onto, and the starts."""
@@ -133,7 +164,7 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
                 slot.cpus -= s.cpus
                 slot.mem -= s.mem
                 wanted.add(slot.name)
-            what = f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
+            what = _what(s)
             for name in new:
                 fresh.remove(name)
                 slots.append(_Slot(name, spec.cpus - s.cpus, (spec.memory_mb - s.mem) if spec.memory_mb else 0))
@@ -153,7 +184,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
     for name in usable:
         s, g = shape(job, specs[name]), snapshot.of(name)
         assert s is not None
-        up = [n for n in g.idle + g.starting if n.name not in excluded]
+        up = [n for n in [*g.idle, *g.starting] if n.name not in excluded]
         partly = [n for n in g.partly_free if n.name not in excluded and n.free_cpus >= s.cpus]
         if len(up) + len(partly) >= s.nodes:
             return name
@@ -162,7 +193,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
         assert s is not None
         active = len(g.starting) + len(g.idle) + len(g.busy)
         startable = sum(1 for n in g.absent if n.name not in excluded)
-        up = [n for n in g.idle + g.starting if n.name not in excluded]
+        up = [n for n in [*g.idle, *g.starting] if n.name not in excluded]
         if s.nodes <= len(up) + min(startable, specs[name].max_nodes - active):
             return name
     return usable[0]
@@ -170,7 +201,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
 
 def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiting: list[Job], plan: Plan) -> None:
     """Add one node set's starts and stops to the plan. The snapshot gives its nodes by state, each in the
-    order used here (`NodeSetNodes`), so nothing is sorted but the jobs and the few idle nodes to remove."""
+    order used here (`NodeSetNodes`), so nothing is sorted but the jobs."""
     name, now = spec.name, snapshot.now
     starting = []
     resume_timeout = snapshot.resume_timeout
@@ -194,22 +225,34 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
         return
 
     room = min(spec.max_nodes - active, len(g.absent))
-    if waiting:
-        fresh = [n.name for n in g.absent]
-        wanted, starts = _fit(spec, fcfs(waiting), g.partly_free + tuple(idle) + tuple(starting), fresh, room)
-    else:
-        wanted, starts = set(), []
+    wanted: set[str] = set()  # the existing nodes some waiting job was fitted onto, by name
+    whole = 0  # or by count: the first `whole` of the idle, then starting, nodes
+    starts: list[Start] = []
+    counted = None
+    if waiting and not g.partly_free:
+        counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room)
+    if counted is not None:
+        whole, starts = counted
+    elif waiting:
+        wanted, starts = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], [n.name for n in g.absent], room)
     missing = spec.min_nodes - active - len(starts)
     if missing > 0:
         taken = {s.node for s in starts}
-        more = [n for n in g.absent if n.name not in taken][:missing]
+        more = islice((n for n in g.absent if n.name not in taken), missing)
         starts += [Start(n.name, name, f"min_nodes is {spec.min_nodes}") for n in more]
     plan.start += starts
 
     # An idle node no waiting job was fitted onto goes after the idle timeout, even while a job waits for busy
     # nodes to free up: on the shared traces such a job waits hours, and keeping idle nodes for it cost
     # 2-8 % more node-hours than Slurm's power saving and longer waits (README, "Policies compared").
-    removable = sorted((n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout), key=lambda n: n.since)
+    # Only the nodes past the timeout are looked at (longest idle first), and none if jobs were fitted onto
+    # every idle node: a long wait for busy nodes to free up costs nothing per call.
+    removable: list[Node] = []
+    if whole < len(idle):
+        expired = list(takewhile(lambda n: now - n.since >= spec.idle_timeout, g.idle_longest))
+        if expired and whole:
+            wanted = {n.name for n in idle[:whole]}
+        removable = [n for n in expired if n.name not in wanted]
     keep = max(0, spec.min_nodes - (active - len(removable)))
     for n in removable[: max(0, len(removable) - keep)]:
         plan.stop.append(Stop(n.name, name, f"idle {now - n.since:.0f} s"))

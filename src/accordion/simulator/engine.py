@@ -4,6 +4,10 @@ The batch scheduler is FCFS with EASY backfilling over whole nodes; the scaling 
 `(Snapshot) -> Plan` function and its plans are applied as the live controller applies them. The policy is
 asked after every change (job submitted or ended, node ready or gone, a node's idle timeout reached), never
 on a clock tick, so its reaction time is zero and a slow policy only makes the simulation slower.
+
+On a machine of thousands of nodes (`bench/simulate_speed.py --scale 20`) the cost is in the nodes: nodes
+started, removed or gone idle together are one event, and snapshots show the nodes through views that build a
+`Node` only for a node the policy reads (it counts the others), so a call costs what the policy names.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import math
 from array import array
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, count, islice, repeat
-from operator import le
+from operator import eq, le
+from typing import NamedTuple, overload
 
 from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot
 from accordion.simulator.traces import TraceJob
@@ -73,6 +78,58 @@ class Run:
     timeline: tuple[array, array, array, array]
 
 
+class _Nodes(Sequence[Node]):
+    """Some of the engine's nodes as the policy reads them: a `Node` is built only when the policy looks at
+    that node, and once per state the node enters. The policy counts most nodes of a large machine (busy
+    ones, idle ones a job was fitted onto) and names few: building them all on every call was most of its
+    cost (README, "Speed"). Made once, they show the engine's nodes as they are: a policy must not keep
+    them past its call."""
+
+    def __init__(self, node: Callable[[int], Node], xs: Collection[int]) -> None:
+        self.node, self.xs = node, xs
+
+    @property
+    def ordered(self) -> Sequence[int]:
+        """The node numbers in order: a set's in name order, sorted when read (policies read few starting
+        nodes, and busy ones only by hand); a sequence's or a dict's as they are."""
+        if isinstance(self.xs, set):
+            return sorted(self.xs)
+        return self.xs if isinstance(self.xs, Sequence) else list(self.xs)
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    @overload
+    def __getitem__(self, i: int) -> Node: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Node]: ...
+    def __getitem__(self, i: int | slice) -> Node | Sequence[Node]:
+        if isinstance(i, slice):
+            return tuple(map(self.node, self.ordered[i]))
+        return self.node(self.ordered[i])
+
+    def __iter__(self) -> Iterator[Node]:
+        # A dict is read from its start, not listed: the policy reads the longest idle nodes only.
+        return map(self.node, self.ordered if isinstance(self.xs, set) else self.xs)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to the same nodes in the same order, as in the tuples of an index a snapshot builds itself."""
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Views(NamedTuple):
+    """The engine's nodes by state as the policy reads them, made once."""
+
+    starting: _Nodes
+    idle: _Nodes
+    busy: _Nodes
+    absent: _Nodes
+    idle_longest: _Nodes
+    every: _Nodes
+
+
 def _after(t: float, delay: float) -> float:
     """The first float time at which `time - t >= delay` holds, so a policy comparing durations agrees."""
     w = t + delay
@@ -119,23 +176,34 @@ class Simulation:
         self.state = [ABSENT] * n
         self.gen = [0] * n  # bumped on every state change: events of a node's earlier life are stale
         self.since = [0.0] * n
-        self.free = [0] * n
         self.job_on = [-1] * n
+        # Each node's `Node` as the policy last read it, and the gen it was built at.
         self.nodes = [Node(name, NODESET, ABSENT, 0.0) for name in self.names]
-        self.dirty: set[int] = set()  # nodes whose Node object is out of date: rebuilt once per policy call
-        # The nodes by state, kept as they change, in the order the policy reads them (model.NodeSetNodes):
-        # snapshots are built from these without looking at every node.
+        self.built = [0] * n
+        self.free_in = {STARTING: cpn, IDLE: cpn}  # CPUs free on a node in a state, if any
+        self.node = self._reader()
+        # The nodes by state, kept as they change (in place: `views` shows them), in the orders the policy reads
+        # them (model.NodeSetNodes): snapshots are views of these, and look at no node the policy does not read.
         self.idle: list[int] = []  # sorted: jobs take the lowest-numbered idle nodes, as Slurm picks them
+        # The idle nodes longest idle first, ties in name order: a dict keeps that order and forgets a node
+        # that leaves in O(1) (jobs take idle nodes by name, not by age).
+        self.idle_longest: dict[int, None] = {}
         self.starting: set[int] = set()
-        self.in_use: list[int] = []  # busy, sorted
+        self.in_use: set[int] = set()  # busy: only counted, unless a policy reads them (then sorted)
         self.absent: list[int] = list(range(n))  # longest absent first, ties in name (index) order
         self.draining = 0
-        # Idle timeouts in the order they expire (nodes go idle in time order): only the earliest is an event.
-        self.expiries: deque[tuple[float, int, int]] = deque()
+        kept = (self.starting, self.idle, self.in_use, self.absent, self.idle_longest, range(n))
+        self.views = _Views(*(_Nodes(self.node, xs) for xs in kept))
+        self.leaving: tuple[list[int], list[int]] = ([], [])  # nodes removed in this step and their gens
+        # Idle timeouts in the order they expire (nodes go idle in time order), one per batch of nodes gone
+        # idle together: (when, nodes, their gens). Only the earliest is an event.
+        self.expiries: deque[tuple[float, list[int], list[int]]] = deque()
         self.wake_at = math.inf
         self.idle_t = self.idle_until = math.nan  # the last _after(t, idle_timeout): nodes go idle together
         self.provisioned = self.busy = self.demand = 0
-        self.events: list[tuple[float, int, int, int, int]] = []
+        # (time, sequence, kind, job, nodes): the job that ends (_END), or the nodes started or removed together
+        # and their gens (_READY, _GONE): one event for them all, not one per node.
+        self.events: list[tuple[float, int, int, int, tuple[Sequence[int], Sequence[int]]]] = []
         self.seq = 0
         self.node_seconds = 0.0
         self.node_starts = self.killed = self.calls = 0
@@ -143,47 +211,62 @@ class Simulation:
 
     # ----- nodes -----
 
-    def _push(self, t: float, kind: int, x: int, g: int = 0) -> None:
+    def _push(self, t: float, kind: int, j: int = -1, nodes: tuple[Sequence[int], Sequence[int]] = ((), ())) -> None:
         self.seq += 1
-        heapq.heappush(self.events, (t, self.seq, kind, x, g))
+        heapq.heappush(self.events, (t, self.seq, kind, j, nodes))
 
-    def _set(self, x: int, state: NodeState, t: float, free: int = 0) -> None:
-        """Node x (not idle, nor becoming idle: see _idle and _start) enters `state`."""
+    def _live(self, xs: Sequence[int], gens: Sequence[int]) -> Sequence[int]:
+        """The nodes xs still in the life they had (gens): the others changed state since, and their event is
+        stale. All of them, usually: that is found in C."""
+        gen = self.gen
+        if all(map(eq, map(gen.__getitem__, xs), gens)):
+            return xs
+        return [x for x, g in zip(xs, gens) if gen[x] == g]
+
+    def _reader(self) -> Callable[[int], Node]:
+        """`node(x)`: node x as the policy sees it, built once per state it enters. A closure over the node
+        arrays (never rebound), as the policy reads millions of nodes on a large machine."""
+        built, gen, nodes, state, since, names, free_in = self.built, self.gen, self.nodes, self.state, self.since, self.names, self.free_in
+
+        def node(x: int) -> Node:
+            if built[x] == gen[x]:
+                return nodes[x]
+            s = state[x]
+            nodes[x] = n = Node(names[x], NODESET, s, since[x], free_in.get(s, 0))
+            built[x] = gen[x]
+            return n
+
+        return node
+
+    def _drain(self, x: int, t: float) -> None:
+        """Node x (starting, busy, or draining and its job ending: see _remove) is leaving: no new jobs."""
         old = self.state[x]
         if old is STARTING:
             self.starting.discard(x)
         elif old is BUSY:
-            del self.in_use[bisect_left(self.in_use, x)]
-        elif old is DRAINING:
+            self.in_use.discard(x)
+        else:
             self.draining -= 1
-        elif old is ABSENT:
-            self.absent.remove(x)
-        if state is STARTING:
-            self.starting.add(x)
-        elif state is DRAINING:
-            self.draining += 1
-        elif state is ABSENT:
-            self.absent.append(x)  # the caller passes nodes gone at the same time in index order
+        self.draining += 1
         self.gen[x] += 1
-        self.state[x] = state
+        self.state[x] = DRAINING
         self.since[x] = t
-        self.free[x] = free
-        self.dirty.add(x)
 
-    def _idle(self, xs: list[int], t: float) -> None:
-        """Nodes xs (in increasing order) become idle at t."""
-        gen, state, since, free = self.gen, self.state, self.since, self.free
-        cpn = self.cluster.cpus_per_node
+    def _idle(self, xs: list[int], t: float, was: set[int]) -> None:
+        """Nodes xs (in increasing order, busy or starting: `was` is that set) become idle at t."""
+        gen, state, since, job_on, longest = self.gen, self.state, self.since, self.job_on, self.idle_longest
+        tied = []  # nodes idle since t already: they and xs go last, in name order
+        while longest and since[last := next(reversed(longest))] == t:
+            longest.popitem()
+            tied.append(last)
+        for x in sorted(tied + xs) if tied else xs:
+            longest[x] = None
         for x in xs:
-            if state[x] is BUSY:
-                del self.in_use[bisect_left(self.in_use, x)]
-            else:
-                self.starting.discard(x)
             gen[x] += 1
             state[x] = IDLE
             since[x] = t
-            free[x] = cpn
-        self.dirty.update(xs)
+            job_on[x] = -1
+        was.difference_update(xs)
         idle = self.idle
         if idle and idle[-1] > xs[0]:
             idle += xs
@@ -193,29 +276,67 @@ class Simulation:
         if self.idle_timeout < math.inf:
             if t != self.idle_t:
                 self.idle_t, self.idle_until = t, _after(t, self.idle_timeout)
-            self.expiries.extend([(self.idle_until, x, gen[x]) for x in xs])
+            self.expiries.append((self.idle_until, xs, [gen[x] for x in xs]))
+
+    def _still_idle(self, xs: list[int], gens: list[int]) -> bool:
+        """Whether one of nodes xs is still in the life it had then (idle since). Found in C, from the last:
+        jobs take the lowest-numbered idle nodes, so the last ones are those most likely still idle."""
+        return any(map(eq, map(self.gen.__getitem__, reversed(xs)), reversed(gens)))
 
     def _expired(self, t: float) -> bool:
         """Forget idle timeouts reached by t; whether one of them is a node still idle since then."""
-        expiries, gen = self.expiries, self.gen
+        expiries = self.expiries
         woke = False
         while expiries and expiries[0][0] <= t:
-            _, x, g = expiries.popleft()
-            woke = woke or gen[x] == g
+            _, xs, gens = expiries.popleft()
+            woke = woke or self._still_idle(xs, gens)
         return woke
 
     def _next_wake(self) -> None:
-        expiries, gen = self.expiries, self.gen
-        while expiries and gen[expiries[0][1]] != expiries[0][2]:
+        expiries = self.expiries
+        while expiries and not self._still_idle(expiries[0][1], expiries[0][2]):
             expiries.popleft()
         if expiries and expiries[0][0] != self.wake_at:
             self.wake_at = expiries[0][0]
-            self._push(self.wake_at, _WAKE, -1)
+            self._push(self.wake_at, _WAKE)
 
     def _remove(self, x: int, t: float) -> None:
         self.job_on[x] = -1
-        self._set(x, DRAINING, t)
-        self._push(t + self.cluster.stop_time, _GONE, x, self.gen[x])
+        self._drain(x, t)
+        self.leaving[0].append(x)
+        self.leaving[1].append(self.gen[x])
+
+    def _remove_idle(self, xs: list[int], t: float) -> None:
+        """`_remove` for idle nodes the policy stops together (most stops): one pass over the idle nodes,
+        not a search for each."""
+        out = set(xs)
+        self.idle[:] = [x for x in self.idle if x not in out]
+        gen, state, since, longest = self.gen, self.state, self.since, self.idle_longest
+        for x in xs:
+            del longest[x]
+            gen[x] += 1
+            state[x] = DRAINING
+            since[x] = t
+        self.draining += len(xs)
+        self.leaving[0].extend(xs)
+        self.leaving[1].extend([gen[x] for x in xs])
+
+    def _gone(self, xs: list[int], t: float) -> None:
+        """Leaving nodes xs (in increasing order) are gone at t: reused last, in name order."""
+        gen, state, since = self.gen, self.state, self.since
+        for x in xs:
+            gen[x] += 1
+            state[x] = ABSENT
+            since[x] = t
+        self.absent += xs
+        self.draining -= len(xs)
+        self.provisioned -= len(xs)
+
+    def _left(self, t: float) -> None:
+        """The nodes removed in this step are gone once stopped: one event for them all."""
+        if self.leaving[0]:
+            self._push(t + self.cluster.stop_time, _GONE, nodes=self.leaving)
+            self.leaving = ([], [])
 
     # ----- jobs -----
 
@@ -230,15 +351,14 @@ class Simulation:
         k, idle = self.k[j], self.idle
         got = idle[:k]
         del idle[:k]
-        gen, state, since, free, job_on, in_use = self.gen, self.state, self.since, self.free, self.job_on, self.in_use
+        gen, state, since, job_on, longest = self.gen, self.state, self.since, self.job_on, self.idle_longest
         for x in got:
-            insort(in_use, x)
             gen[x] += 1
             state[x] = BUSY
             since[x] = t
-            free[x] = 0
             job_on[x] = j
-        self.dirty.update(got)
+            del longest[x]
+        self.in_use.update(got)
         self.busy += k
         self.running[j] = got
         self.usable[j] = len(got)
@@ -255,18 +375,15 @@ class Simulation:
         del by_end[bisect_left(by_end, (self.start[j] + self.est[j], j))]
         self.demand -= self.jobs[j].procs
         job_on, state = self.job_on, self.state
-        back = []
-        for x in got:
-            if job_on[x] != j:
-                continue  # already taken away (a killing stop)
-            self.busy -= 1
-            if state[x] is BUSY:
-                job_on[x] = -1
-                back.append(x)
-            else:
-                self._remove(x, t)
+        mine = [x for x in got if job_on[x] == j]  # the others were taken away (a killing stop)
+        self.busy -= len(mine)
+        back = [x for x in mine if state[x] is BUSY]
+        if len(back) < len(mine):  # the others were drained while the job ran: they go now
+            for x in mine:
+                if state[x] is not BUSY:
+                    self._remove(x, t)
         if back:
-            self._idle(back, t)
+            self._idle(back, t, self.in_use)
 
     # ----- the batch scheduler -----
 
@@ -318,31 +435,20 @@ class Simulation:
     # ----- the policy -----
 
     def _decide(self, t: float) -> None:
-        nodes, names, state, since, free = self.nodes, self.names, self.state, self.since, self.free
-        for x in self.dirty:  # only nodes that changed since the last call get a new Node
-            nodes[x] = Node(names[x], NODESET, state[x], since[x], free[x])
-        self.dirty.clear()
         jobs = tuple(map(self.job_objs.__getitem__, self.queue))
-        node = nodes.__getitem__
-        index = NodeSetNodes(
-            starting=tuple(map(node, sorted(self.starting))),
-            idle=tuple(map(node, self.idle)),
-            busy=tuple(map(node, self.in_use)),
-            partly_free=(),  # jobs take whole nodes
-            absent=tuple(map(node, self.absent)),
-            draining=self.draining,
-        )
-        snap = Snapshot(t, (self.spec,), tuple(nodes), jobs, self.resume_timeout, {NODESET: index})  # type: ignore[arg-type]
-        plan = self.policy(snap)
+        v = self.views
+        index = NodeSetNodes(v.starting, v.idle, v.busy, (), v.absent, self.draining, v.idle_longest)  # no node partly free
+        plan = self.policy(Snapshot(t, (self.spec,), v.every, jobs, self.resume_timeout, {NODESET: index}))  # type: ignore[arg-type]
         self.calls += 1
+        state = self.state
+        idle = []
         for stop in plan.stop:
             x = self.index[stop.node]
             s = state[x]
             if s is ABSENT or s is DRAINING:
                 continue
             if s is IDLE:
-                self.idle.remove(x)
-                self._remove(x, t)
+                idle.append(x)
             elif s is STARTING:
                 self._remove(x, t)
             elif stop.failed:
@@ -353,16 +459,30 @@ class Simulation:
                 self._remove(x, t)
                 self._release(j, t)
             else:
-                self._set(x, DRAINING, t)
+                self._drain(x, t)
                 self.usable[self.job_on[x]] -= 1
-        for start in plan.start:
-            x = self.index[start.node]
-            if state[x] is not ABSENT:
-                raise SimulationError(f"policy {self.name!r} started {start.node}, which is {state[x].value}")
-            self._set(x, STARTING, t, self.cluster.cpus_per_node)
-            self.provisioned += 1
-            self.node_starts += 1
-            self._push(t + self.cluster.boot_time, _READY, x, self.gen[x])
+        if idle:
+            self._remove_idle(idle, t)
+        self._left(t)
+        xs = [self.index[start.node] for start in plan.start]
+        gen, since = self.gen, self.since
+        for x in xs:
+            if state[x] is not ABSENT:  # a node started twice in the plan is starting by its second time
+                raise SimulationError(f"policy {self.name!r} started {self.names[x]}, which is {state[x].value}")
+            gen[x] += 1
+            state[x] = STARTING
+            since[x] = t
+        absent = self.absent
+        if absent[: len(xs)] == xs:  # the policies start the longest absent nodes first: one cut, not a search each
+            del absent[: len(xs)]
+        else:
+            for x in xs:
+                absent.remove(x)
+        self.starting.update(xs)
+        self.provisioned += len(xs)
+        self.node_starts += len(xs)
+        if xs:
+            self._push(t + self.cluster.boot_time, _READY, nodes=(xs, [gen[x] for x in xs]))
 
     # ----- the loop -----
 
@@ -383,7 +503,7 @@ class Simulation:
         self._decide(t)
         self._record(t)
         self._next_wake()
-        events, sub, gen = self.events, self.sub, self.gen
+        events, sub = self.events, self.sub
         i = 0
         while i < n or self.queue or self.running:
             nxt = sub[i] if i < n else math.inf
@@ -395,7 +515,8 @@ class Simulation:
             self.node_seconds += self.provisioned * (t - last)
             last = t
             changed = woke = False
-            ready, gone = [], []
+            ready: list[int] = []
+            gone: list[int] = []
             while i < n and sub[i] == t:
                 self._submit(i, t)
                 i += 1
@@ -403,25 +524,20 @@ class Simulation:
                 if self.progress and i % 4096 == 0:
                     self.progress(i)
             while events and events[0][0] == t:
-                _, _, kind, x, g = heapq.heappop(events)
+                _, _, kind, j, nodes = heapq.heappop(events)
                 if kind == _END:
-                    if x in self.running:  # else killed earlier
-                        self._release(x, t)
+                    if j in self.running:  # else killed earlier
+                        self._release(j, t)
                         changed = True
                 elif kind == _WAKE:
                     woke = self._expired(t) or woke
-                elif gen[x] != g:
-                    continue
-                elif kind == _READY:
-                    ready.append(x)
                 else:
-                    gone.append(x)
-            for x in sorted(gone):  # nodes gone together are reused in name order
-                self._set(x, ABSENT, t)
-                self.provisioned -= 1
+                    (ready if kind == _READY else gone).extend(self._live(*nodes))
+            if gone:
+                self._gone(sorted(gone), t)
             if ready:
                 ready.sort()
-                self._idle(ready, t)
+                self._idle(ready, t, self.starting)
                 changed = True
             if changed:
                 self._schedule(t)
@@ -429,6 +545,7 @@ class Simulation:
             if changed or woke or (gone and self.queue):
                 self._decide(t)
                 self._next_wake()
+            self._left(t)
             if changed or woke or gone:
                 self._record(t)
         if self.progress:

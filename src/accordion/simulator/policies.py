@@ -42,7 +42,7 @@ def _stop_idle(
 
 def static(snapshot: Snapshot) -> Plan:
     """Every node always on: the cluster as bought."""
-    return Plan(start=[Start(n.name, n.nodeset, "static") for n in snapshot.nodes if n.state is ABSENT])
+    return Plan(start=[Start(n.name, spec.name, "static") for spec in snapshot.nodesets for n in snapshot.of(spec.name).absent])
 
 
 class CHSC:
@@ -85,7 +85,7 @@ def powersave(snapshot: Snapshot) -> Plan:
     plan = Plan()
     for spec in snapshot.nodesets:
         g = snapshot.of(spec.name)
-        free, absent = by_name(g.idle + g.starting), list(g.absent)
+        free, absent = by_name([*g.idle, *g.starting]), list(g.absent)
         in_order = False  # absent nodes are put in name order only once a job needs some: most calls none
         allocated: set[str] = set()
         for job in fcfs(_waiting(snapshot, spec)):
