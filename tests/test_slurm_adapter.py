@@ -1,3 +1,6 @@
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 from accordion.config import ClusterConfig
@@ -83,10 +86,30 @@ def test_slurm_conf_declares_capacity_and_limits():
     c = ClusterConfig.model_validate({"name": "t", "nodesets": [{"name": "a", "max_nodes": 3, "cpus": 4, "memory_mb": 2048}]})
     paths = ClusterPaths("t")
     conf = render_slurm_conf(c, LocalProvider(c, paths), paths, "host")
-    assert "NodeName=a-2 NodeAddr=10.77.0.12 CPUs=4 RealMemory=2048" in conf
-    assert "PartitionName=a Nodes=a-0,a-1,a-2 MaxNodes=3" in conf
+    assert "NodeName=a-[0-2] NodeAddr=10.77.0.[10-12] CPUs=4 RealMemory=2048" in conf
+    assert "PartitionName=a Nodes=a-[0-2] MaxNodes=3" in conf
     assert "EnforcePartLimits=ALL" in conf and "ReturnToService=2" in conf
     assert "SlurmctldHost=host(10.77.0.1)" in conf
+
+
+def test_host_lists_keep_their_order_and_fold_only_what_slurm_parses(tmp_path: Path):
+    """Slurm pairs NodeName's and NodeAddr's entries by position, so a node's address must stay at its
+    name's place; addresses crossing a /24, names with a suffix or leading zeros, and gaps."""
+    from accordion.schedulers.slurm import ordered_hostlist
+
+    assert ordered_hostlist([f"n-{i}" for i in range(280)]) == "n-[0-279]"
+    assert ordered_hostlist([f"10.77.0.{i}" for i in range(250, 256)] + ["10.77.1.0", "10.77.1.1"]) == "10.77.0.[250-255],10.77.1.[0-1]"
+    assert ordered_hostlist(["n-0.svc", "n-1.svc", "b7", "b8", "b10", "x-007", "x-008", "n-3", "n-2"]) == (
+        "n-0.svc,n-1.svc,b[7-8],b10,x-007,x-008,n-3,n-2"
+    )
+    # What Slurm itself expands them to, where it is installed.
+    if shutil.which("scontrol"):
+        names = ["n-0.svc", "b7", "b8", "b10", "x-007", "10.77.0.255", "10.77.1.0", "n-3", "n-2"]
+        conf = tmp_path / "slurm.conf"
+        conf.write_text("ClusterName=x\nSlurmctldHost=localhost\n")  # expanding a list asks no server
+        out = subprocess.run(["scontrol", "show", "hostnames", ordered_hostlist(names)], capture_output=True, text=True,
+                             env={**os.environ, "SLURM_CONF": str(conf)}, check=True).stdout
+        assert out.split() == names
 
 
 def test_not_waiting_before_slurm_says_why():

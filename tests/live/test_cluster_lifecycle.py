@@ -24,6 +24,12 @@ def test_job_larger_than_nodeset_is_refused_at_submission(make_cluster):
     assert "Batch job submission failed: More processors requested than permitted" in out, out
     assert c.sh("squeue -h") == ""
     assert c.containers() == set()
+    # Nodes are declared one line per node set (`NodeName=hpc-node-[0-1] NodeAddr=...`): each name got its address.
+    from accordion.cluster import Cluster
+
+    provider = Cluster.load(c.name).provider
+    declared = dict(re.findall(r"NodeName=(\S+) .*?NodeAddr=(\S+)", c.sh("scontrol show node -o")))
+    assert declared == {n: provider.address(n) for n in ("hpc-node-0", "hpc-node-1")}, declared
 
 
 def _leftovers(name: str) -> list[str]:

@@ -50,6 +50,27 @@ RESOURCE_REASONS = {
 }
 
 
+def ordered_hostlist(names: list[str]) -> str:
+    """`names` as a Slurm host list that expands to them in this order: runs of consecutive numbers ending
+    names of one prefix become `prefix[a-b]`, anything else stays as it is. Slurm pairs NodeName's and
+    NodeAddr's entries by position and parses no suffix after a range (`n-[0-2].svc`), so ClusterShell's
+    NodeSet, which sorts and folds suffixes, cannot write these."""
+    runs: list[list[str | int]] = []  # [prefix, first, last], or [name] for a name kept as it is
+    for name in names:
+        m = re.fullmatch(r"(.*\D)?(0|[1-9]\d*)", name)
+        if m is None:
+            runs.append([name])
+            continue
+        prefix, number = m.group(1) or "", int(m.group(2))
+        if runs and len(runs[-1]) == 3 and runs[-1][0] == prefix and runs[-1][2] == number - 1:
+            runs[-1][2] = number
+        else:
+            runs.append([prefix, number, number])
+    return ",".join(
+        str(r[0]) if len(r) == 1 else f"{r[0]}{r[1]}" if r[1] == r[2] else f"{r[0]}[{r[1]}-{r[2]}]" for r in runs
+    )
+
+
 # A partition of every node, hidden and root's only, that `SlurmScheduler.nudge` allocates from; its name
 # has a `-`, which node set names cannot (config.NODESET_NAME), so it never meets one.
 NUDGE_PARTITION = "accordion-nudge"
@@ -122,13 +143,15 @@ def render_slurm_conf(config: ClusterConfig, provider: Provider, paths: ClusterP
         "",
     ]
     for i, ns in enumerate(config.nodesets):
-        for node in ns.node_names():
-            lines.append(
-                f"NodeName={node} NodeAddr={provider.address(node)} CPUs={ns.cpus} "
-                f"RealMemory={ns.memory_mb} State=UNKNOWN"
-            )
+        # One line per node set, not per node: every Slurm command, slurmd and slurmstepd parses this file,
+        # and 280 node lines cost each ~8 ms of CPU more than one (`squeue` 10.6 -> 2.9 ms).
+        names = ns.node_names()
         lines.append(
-            f"PartitionName={ns.name} Nodes={','.join(ns.node_names())} MaxNodes={ns.max_nodes} "
+            f"NodeName={ordered_hostlist(names)} NodeAddr={ordered_hostlist([provider.address(n) for n in names])} "
+            f"CPUs={ns.cpus} RealMemory={ns.memory_mb} State=UNKNOWN"
+        )
+        lines.append(
+            f"PartitionName={ns.name} Nodes={ordered_hostlist(names)} MaxNodes={ns.max_nodes} "
             f"Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP OverSubscribe=NO "
             # Without a default, a job that names no memory takes the whole node and 1-CPU jobs cannot share.
             f"DefMemPerCPU={ns.memory_mb // ns.cpus}"
