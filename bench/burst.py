@@ -7,7 +7,7 @@ burst, then times from the last job's end until no node is left (idle timeout in
 With --thesis, on the N nodes still up: `srun -N<N> hostname`, then N one-node MPI pi jobs (examples/pi.c),
 with the node containers' memory (cgroup memory.current: median per node and total).
 
-    python bench/burst.py [--nodes 280] [--idle-timeout 5] [--workers 4] [--thesis]
+    python bench/burst.py [--nodes 280] [--idle-timeout 5] [--workers 8] [--thesis]
 
 Heavy: N node containers on this machine. Bounded: every wait gives up after --deadline seconds.
 """
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from accordion.units import percentile
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -34,16 +35,11 @@ def accordion(*args: str) -> str:
     return subprocess.run([sys.executable, "-m", "accordion", *args], check=True, capture_output=True, text=True).stdout
 
 
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=280)
     ap.add_argument("--idle-timeout", type=float, default=5.0)
-    ap.add_argument("--workers", type=int, default=4, help="controller.workers: starts and deletes at once")
+    ap.add_argument("--workers", type=int, default=8, help="controller.workers: starts and deletes at once (its default)")
     ap.add_argument("--thesis", action="store_true", help="also srun -N<nodes> hostname and <nodes> MPI pi jobs")
     ap.add_argument("--deadline", type=float, default=300.0)
     args = ap.parse_args()
@@ -92,8 +88,8 @@ def main() -> None:
         print(f"burst: 0 -> {n} nodes, {n} jobs released at once: all running after {up:.1f} s (target <= 20 s), "
               f"{failed} failed starts (target 0), workers {args.workers}")
         if lat:
-            print(f"registration latency (request -> registered), {len(lat)} nodes: median {statistics.median(lat):.2f} s, "
-                  f"p95 {p95(lat):.2f} s, max {max(lat):.2f} s")
+            print(f"registration latency (request -> registered), {len(lat)} nodes: median {percentile(lat, 0.5):.2f} s, "
+                  f"p95 {percentile(lat, 0.95):.2f} s, max {max(lat):.2f} s")
         print(f"load average after the burst: {os.getloadavg()[0]:.1f}")
 
         if args.thesis:
@@ -107,11 +103,11 @@ def main() -> None:
                         break
             if mem:
                 print(f"memory (cgroup usage, page cache included) of {len(mem)} node containers with a sleeping job: "
-                      f"median {statistics.median(mem):.1f} MiB per node, total {sum(mem):.0f} MiB")
+                      f"median {percentile(mem, 0.5):.1f} MiB per node, total {sum(mem):.0f} MiB")
             sh("scancel --user=root")
             wait("jobs ended", lambda: running() == 0)
             t0 = time.monotonic()
-            hosts = sh(f"srun -N{n} -n{n} hostname | sort -u | wc -l", timeout=args.deadline).strip()
+            hosts = sh(f"set -o pipefail; srun -N{n} -n{n} hostname | sort -u | wc -l", timeout=args.deadline).strip()
             print(f"srun -N{n} hostname: {hosts} distinct hosts in {time.monotonic() - t0:.1f} s")
             (shared / "pi.c").write_text((EXAMPLES / "pi.c").read_text())
             sh(f"cd {shared} && mpicc -O2 -o pi pi.c")

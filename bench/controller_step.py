@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -28,14 +27,10 @@ from accordion.metrics import Metrics  # noqa: E402
 from accordion.model import Job, SchedNode, SchedState  # noqa: E402
 from accordion.paths import ClusterPaths  # noqa: E402
 from accordion.providers.base import NodeInfo  # noqa: E402
+from accordion.units import percentile  # noqa: E402
 from tests.test_controller import FakeProvider, FakeScheduler  # noqa: E402
 
 PER_SET = 1000  # the config's largest node set
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def bench(nodes: int, steps: int) -> tuple[float, float, float]:
@@ -66,7 +61,7 @@ def bench(nodes: int, steps: int) -> tuple[float, float, float]:
         cpu.append(time.process_time() - c0)
     ctl.close()
     assert not ctl.last_plan.start and not ctl.last_plan.stop, "the bench cluster should be steady"
-    return statistics.median(wall), p95(wall), statistics.median(cpu)
+    return percentile(wall, 0.5), percentile(wall, 0.95), percentile(cpu, 0.5)
 
 
 def main() -> None:
