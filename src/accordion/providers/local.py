@@ -42,6 +42,8 @@ MAX_NODES = 1024
 # Entries per node allowed for: the head, the launch tree's fan-out (TreeWidth, 50) and MPI peers.
 NEIGHBOURS_PER_NODE = 64
 NEIGHBOUR_SYSCTL = Path("/proc/sys/net/ipv4/neigh/default")
+# A listing that races a container's removal is tried again, this many times in all (see NodeRuntime.list).
+LIST_ATTEMPTS = 3
 # `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
 START_TIMEOUT = 30
 
@@ -451,11 +453,18 @@ class NodeRuntime:
         if not self.nodes.is_dir():
             return nodes
         # A listing that fails is an error, never "no containers": the controller would delete every node.
-        try:
-            listing = run(self._runc() + ["list", "--format", "json"], timeout=20).stdout.strip()
-            states = {c["id"]: c["status"] for c in json.loads(listing or "null") or []}
-        except (CommandError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                listing = run(self._runc() + ["list", "--format", "json"], timeout=20).stdout.strip()
+                states = {c["id"]: c["status"] for c in json.loads(listing or "null") or []}
+                break
+            except CommandError as exc:
+                # runc reads its state directory, then each container's: one removed in between (a delete
+                # on the pool, as when 280 idle nodes go together) fails the whole listing. Listed again.
+                if "no such file or directory" not in exc.stderr.lower() or attempt == LIST_ATTEMPTS - 1:
+                    raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
+            except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
         for node_dir in self.nodes.iterdir():
             try:
                 created = float((node_dir / "created").read_text())
@@ -463,8 +472,6 @@ class NodeRuntime:
                 created = node_dir.stat().st_mtime
             nodes[node_dir.name] = NodeInfo(node_dir.name, states.get(node_dir.name) == "running", created)
         return nodes
-
-
 
 
 class LocalProvider:
