@@ -72,6 +72,7 @@ class FakeScheduler:
         self.state: dict[str, SchedNode] = {}
         self.absent_calls: list[tuple[str, str]] = []
         self.nudges = 0
+        self.nudged: list[list[str]] = []
 
     def observe(self) -> SchedulerView:
         for name in self.provider.nodes:
@@ -91,8 +92,9 @@ class FakeScheduler:
     def node_started(self, node):
         pass
 
-    def nudge(self):
+    def nudge(self, idle):
         self.nudges += 1
+        self.nudged.append(idle)
 
     def release(self, nodes, reason):
         for node in nodes:
@@ -395,9 +397,23 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
     for _ in range(6):
         step(ctl)  # a new waiting job: a new round
     assert sched.nudges == 6
+    assert sched.nudged[-1] == ["c-0"]
+    # A node busy for a moment (as under Slurm's nudge, an empty job) is no new situation by itself.
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    busy, idle = SchedNode("c-0", SchedState.BUSY, 0), sched.state["c-0"]
+    sched.state["c-0"] = busy
+    step(ctl)  # meanwhile the policy starts c-1 for the waiting jobs: that is a new situation
+    sched.state["c-0"] = idle
+    for _ in range(4):
+        step(ctl)
+    nudges = sched.nudges
+    for state in (busy, idle, busy, idle):
+        sched.state["c-0"] = state
+        step(ctl)
+    assert sched.nudges == nudges
     sched.jobs = [Job("1", "c", 1, 1, True, 0.0, node_names=("c-0",))]
     step(ctl)
-    assert sched.nudges == 6  # nothing waits
+    assert sched.nudges == nudges  # nothing waits
 
 
 def test_nodes_boot_a_bounded_number_at_a_time(tmp_path, monkeypatch):

@@ -128,3 +128,13 @@ def test_not_waiting_before_slurm_says_why():
     ]
     jobs = {j.id: j for j in parse_squeue_json(json.dumps({"jobs": records}), ["small"])}
     assert [jobs[i].waiting for i in "1234"] == [False, False, False, True]
+
+
+def test_a_node_under_the_nudges_empty_job_is_not_busy():
+    """Slurm's nudge puts an empty job on an idle node for ~0.1 s: read as busy, the policy would start
+    another node for the waiting job (and the next nudge round would do it again)."""
+    fields = {"NodeName": "c-0", "State": "IDLE+COMPLETING", "CPUTot": "2", "CPUAlloc": "1", "LastBusyTime": "2026-12-01T10:00:00"}
+    assert node_view(fields).state == SchedState.BUSY
+    assert node_view(fields, nudged=True).state == SchedState.IDLE
+    assert node_view({**fields, "State": "MIXED"}, nudged=True).state == SchedState.IDLE
+    assert node_view({**fields, "State": "MIXED"}, has_jobs=True, nudged=True).state == SchedState.BUSY  # a user's job too

@@ -297,19 +297,22 @@ class Controller:
 
     def _nudge(self, snap: Snapshot) -> None:
         """A job waits and an idle node of its node sets has room: ask the scheduler for a pass now rather
-        than at its own next tick, and again a second and two later, once per such situation."""
+        than at its own next tick, and again a second and two later, once per situation: the waiting jobs and
+        the nodes in service. In service, not idle: a nudge may itself make a node busy for a moment (Slurm's),
+        and that must not count as a new situation, or a job the scheduler will not start is nudged for ever."""
         waiting = [j for j in snap.jobs if j.waiting]
         sets = {ns for j in waiting for ns in j.candidates}
-        idle = frozenset(n.name for n in snap.nodes if n.state == NodeState.IDLE and n.free_cpus > 0 and n.nodeset in sets)
+        mine = [n for n in snap.nodes if n.nodeset in sets]
+        idle = sorted(n.name for n in mine if n.state == NodeState.IDLE and n.free_cpus > 0)
         if not idle:
             self._nudges_left = 0
             return
-        key = (frozenset(j.id for j in waiting), idle)
+        key = (frozenset(j.id for j in waiting), frozenset(n.name for n in mine if n.state in (NodeState.IDLE, NodeState.BUSY)))
         if key != self._nudge_key:
             self._nudge_key, self._nudges_left, self._next_nudge = key, NUDGES, 0.0
         now = time.monotonic()
         if self._nudges_left and now >= self._next_nudge:
-            self.scheduler.nudge()
+            self.scheduler.nudge(idle)
             self._nudges_left -= 1
             self._next_nudge = now + NUDGE_INTERVAL
 

@@ -55,9 +55,10 @@ class Scheduler(Protocol):
         the cluster's network (or leave it to the scheduler's own registration). Runs on the start pool,
         beside the loop; raises if the node cannot be brought into service."""
 
-    def nudge(self) -> None:
+    def nudge(self, idle: list[str]) -> None:
         """Ask the scheduler for a scheduling pass now: the controller calls it while a job waits beside an
-        idle node (a few times, a second apart). A no-op where the scheduler offers no such call."""
+        idle node (a few times, a second apart), with those idle nodes (name order). A no-op where the
+        scheduler offers no such call."""
 
     def release(self, nodes: list[str], reason: str) -> None:
         """No new jobs on the nodes; `observe` reports each DRAINED once it is empty."""

@@ -493,7 +493,7 @@ class GridEngineScheduler:
         self._record(nodes, reason)
         self._calendar(nodes, DRAINING)
 
-    def nudge(self) -> None:
+    def nudge(self, idle: list[str]) -> None:
         """Nothing to do: the qmaster runs a scheduling pass right after a submission (flush_submit_sec 1)
         and every schedule_interval (1 s)."""
 

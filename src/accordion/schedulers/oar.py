@@ -468,7 +468,7 @@ class OarScheduler:
     def sshd_answers(self, node: str) -> bool:
         return self._connects(self.provider.address(node), SSHD_PORT, "SSH-")
 
-    def nudge(self) -> None:
+    def nudge(self, idle: list[str]) -> None:
         """Tell Almighty what oarsub tells it ("Qsub" on its command port), from inside the cluster's network.
         A Qsub within SCHEDULER_MIN_TIME_BETWEEN_2_CALLS of its last pass is only noted, and Almighty then
         sleeps up to 10 s on its command port before acting on it: a later Qsub wakes it at once."""

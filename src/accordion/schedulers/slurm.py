@@ -74,6 +74,9 @@ def ordered_hostlist(names: list[str]) -> str:
 # A partition of every node, hidden and root's only, that `SlurmScheduler.nudge` allocates from; its name
 # has a `-`, which node set names cannot (config.NODESET_NAME), so it never meets one.
 NUDGE_PARTITION = "accordion-nudge"
+# How long after a nudge its node is read as not busy for the nudge's empty job: the job is cancelled at once
+# and its epilog ends within tens of milliseconds, seconds on a loaded machine.
+NUDGE_GRACE = 5.0
 
 
 def render_slurm_conf(config: ClusterConfig, provider: Provider, paths: ClusterPaths, host: str, accounting: bool = False) -> str:
@@ -240,10 +243,12 @@ def parse_scontrol_oneliner(line: str) -> dict[str, str]:
     return fields
 
 
-def node_view(fields: dict[str, str], has_jobs: bool = False) -> SchedNode:
+def node_view(fields: dict[str, str], has_jobs: bool = False, nudged: bool = False) -> SchedNode:
     """One node's facts from `scontrol show node -o`. Jobs come first: a node with jobs or allocated CPUs
     on it is BUSY (or DRAINING, if Accordion drained it) whatever its other flags say: `*` (a missed ping),
-    UNKNOWN (slurmctld just restarted, slurmd not re-registered yet) or DOWN (jobs not requeued yet)."""
+    UNKNOWN (slurmctld just restarted, slurmd not re-registered yet) or DOWN (jobs not requeued yet).
+    `nudged`: the controller's nudge (an empty job) was just on it; without a job of its node set (`has_jobs`)
+    it is not busy, else the policy would start another node for the job the nudge was for."""
     flags = fields.get("State", "UNKNOWN").upper().split("+")
     base = flags[0].rstrip("*~#!%$@^-")
     responding = "*" not in flags[0] and "NOT_RESPONDING" not in flags and base not in ("DOWN", "UNKNOWN", "FUTURE")
@@ -253,7 +258,7 @@ def node_view(fields: dict[str, str], has_jobs: bool = False) -> SchedNode:
     alloc = int(fields.get("CPUAlloc", "0") or 0)
     memory = int(fields.get("RealMemory", "0") or 0)
     alloc_mem = int(fields.get("AllocMem", "0") or 0)
-    in_use = has_jobs or alloc > 0 or base in ("ALLOCATED", "MIXED", "COMPLETING") or "COMPLETING" in flags
+    in_use = has_jobs or (not nudged and (alloc > 0 or base in ("ALLOCATED", "MIXED", "COMPLETING") or "COMPLETING" in flags))
     drain = "DRAIN" in flags or base in ("DRAINED", "DRAINING")
     down = base == "DOWN"
     held = (drain or down) and not ours
@@ -290,6 +295,7 @@ class SlurmScheduler:
         self.provider = provider
         self.conf = paths.scheduler / "slurm.conf"
         self._nodeset_of = {n: ns.name for ns in config.nodesets for n in ns.node_names()}
+        self._nudged: dict[str, float] = {}  # node -> when `nudge` put its empty job on it (monotonic)
         # Local clusters only: the Kubernetes head image has no MariaDB (and accounting there is not tested).
         self.accounting = config.provider == "local" and accounting_available()
 
@@ -554,15 +560,18 @@ class SlurmScheduler:
     def node_started(self, node: str) -> None:
         """Nothing to do: slurmd registers itself and ReturnToService=2 puts the node in service."""
 
-    def nudge(self) -> None:
+    def nudge(self, idle: list[str]) -> None:
         """A scheduling pass now. In Slurm 22.05 a submission, a node registering and every update only
         queue a pass for slurmctld's next once-a-second tick; one event schedules at once: a slurmd reporting
-        that a job's epilog finished (`_slurm_rpc_epilog_complete` calls `schedule()`). So: allocate one
-        idle node to an empty job of the hidden partition (granted in the RPC), cancel it, and its epilog's
-        end starts the waiting jobs ~0.1 s later instead of 0-1 s (README, "What a cold start waits for")."""
+        that a job's epilog finished (`_slurm_rpc_epilog_complete` calls `schedule()`). So: allocate an idle
+        node beside the waiting jobs to an empty job of the hidden partition (granted in the RPC), cancel it,
+        and its epilog's end starts the waiting jobs ~0.1 s later instead of 0-1 s (README, "What a cold
+        start waits for"). That node, not any idle one: the empty job resets the node's LastBusyTime, which
+        is where its idle timeout counts from, and a job wants this one."""
+        self._nudged[idle[0]] = time.monotonic()
         # Not granted (check=False): the node took a job meanwhile, which is what the nudge was for.
         run(
-            self.provider.enter() + ["salloc", "-p", NUDGE_PARTITION, "-N1", "-t", "1", "--immediate=1", "--no-shell",
+            self.provider.enter() + ["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1", "--no-shell",
                                      "-J", NUDGE_PARTITION, "--quiet"],
             check=False, timeout=10, env=os.environ | self.env(),
         )
@@ -593,11 +602,14 @@ class SlurmScheduler:
             jobs = parse_squeue_json(self._cmd(["squeue", "--json"]), [ns.name for ns in self.config.nodesets])
             node_text = node_lines.result()
         with_jobs = {n for j in jobs if j.running for n in j.node_names}
+        now = time.monotonic()
+        self._nudged = {n: t for n, t in self._nudged.items() if now - t < NUDGE_GRACE}
         nodes: dict[str, SchedNode] = {}
         for line in node_text.splitlines():
             if line.strip():
                 fields = parse_scontrol_oneliner(line)
-                view = node_view(fields, fields.get("NodeName", "") in with_jobs)
+                name = fields.get("NodeName", "")
+                view = node_view(fields, name in with_jobs, name in self._nudged)
                 nodes[view.name] = view
         return SchedulerView(nodes, jobs)
 
