@@ -73,3 +73,6 @@ def test_the_neighbour_table_is_raised_for_the_cluster_and_never_lowered(tmp_pat
     (tmp_path / "gc_thresh3").write_text("1000000\n")
     local.make_room_for_neighbours(10)
     assert [int((tmp_path / f"gc_thresh{i}").read_text()) for i in (1, 2, 3)] == [hard // 8, hard // 2, 1000000]
+    # Not visible from a network namespace other than the machine's first (an agent on a simulated host).
+    monkeypatch.setattr(local, "NEIGHBOUR_SYSCTL", tmp_path / "absent")
+    local.make_room_for_neighbours(280)

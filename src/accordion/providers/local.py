@@ -106,7 +106,11 @@ def hosts_file(config: ClusterConfig) -> str:
 
 def make_room_for_neighbours(nodes: int) -> None:
     """Raise (never lower) the host's neighbour-table limits so that `nodes` more nodes fit: the table is
-    the whole machine's, shared by every cluster and the host itself."""
+    the whole machine's, shared by every cluster and the host itself. Its limits are only visible from the
+    machine's first network namespace: an agent run in another (hosts simulated on one machine, whose head
+    already raised them) leaves them alone."""
+    if not NEIGHBOUR_SYSCTL.is_dir():
+        return
     hard = 1024 + NEIGHBOURS_PER_NODE * nodes
     # gc_thresh3 is the hard limit, gc_thresh2 where the kernel starts to evict, gc_thresh1 below which it
     # never does; kept in that order, largest first so that none is ever set above the next.
