@@ -7,6 +7,7 @@ here that connects to a cluster address from the host's network namespace is ref
 import dataclasses
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -99,6 +100,17 @@ def test_a_node_whose_sshd_does_not_listen_is_not_set_alive(make_oar):
     assert sched._connects(head, SERVER_PORT) and not sched._connects(head, SSHD_PORT)
 
     node = "hpc-node-2"
+    # This test makes containers behind the controller's back, and the controller takes one it lists half
+    # made (its directory there, runc's state not yet) for one that exited: paused meanwhile.
+    controller = int((cluster.paths.run / "pids" / "controller.pid").read_text())
+    os.kill(controller, signal.SIGSTOP)
+    try:
+        _start_without_then_with_sshd(c, cluster, sched, node)
+    finally:
+        os.kill(controller, signal.SIGCONT)
+
+
+def _start_without_then_with_sshd(c: OarCluster, cluster: Cluster, sched: OarScheduler, node: str) -> None:
     cluster.provider.create(dataclasses.replace(sched.node_spec(node), command=["sleep", "infinity"]))
     # Its network is up (a refusal, not an unreachable address: well under the ARP timeout), sshd is not.
     t0 = time.monotonic()
