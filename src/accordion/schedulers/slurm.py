@@ -307,9 +307,9 @@ class SlurmScheduler:
     def wrap(self) -> list[str]:
         return []
 
-    def _cmd(self, argv: list[str], timeout: float = 20) -> str:
+    def _cmd(self, argv: list[str], timeout: float = 20, check: bool = True) -> str:
         env = os.environ | self.env()
-        return run(self.provider.enter() + argv, timeout=timeout, env=env).stdout
+        return run(self.provider.enter() + argv, timeout=timeout, env=env, check=check).stdout
 
     # ----- lifecycle -----
 
@@ -570,11 +570,8 @@ class SlurmScheduler:
         is where its idle timeout counts from, and a job wants this one."""
         self._nudged[idle[0]] = time.monotonic()
         # Not granted (check=False): the node took a job meanwhile, which is what the nudge was for.
-        run(
-            self.provider.enter() + ["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1", "--no-shell",
-                                     "-J", NUDGE_PARTITION, "--quiet"],
-            check=False, timeout=10, env=os.environ | self.env(),
-        )
+        self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1", "--no-shell",
+                   "-J", NUDGE_PARTITION, "--quiet"], timeout=10, check=False)
         # By partition: also ends one left by a controller killed between the two commands.
         self._cmd(["scancel", "-p", NUDGE_PARTITION])
 
