@@ -388,15 +388,15 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
     monkeypatch.setattr("accordion.controller.NUDGE_INTERVAL", 0.0)
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
-    step(ctl)  # starts c-0; nothing idle yet: no nudge
-    assert sched.nudges == 0
+    step(ctl)  # starts c-0 (and nudges once it is up: see the next test); nothing idle yet
+    assert sched.nudged == [["c-0"]]
     for _ in range(6):
         step(ctl)  # c-0 idle, job 1 still waiting (the scheduler has not started it)
-    assert sched.nudges == 3
+    assert sched.nudges == 4
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0), Job("2", "c", 1, 1, False, 0.0)]
     for _ in range(6):
         step(ctl)  # a new waiting job: a new round
-    assert sched.nudges == 6
+    assert sched.nudges == 7
     assert sched.nudged[-1] == ["c-0"]
     # A node busy for a moment (as under Slurm's nudge, an empty job) is no new situation by itself.
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
@@ -414,6 +414,39 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
     sched.jobs = [Job("1", "c", 1, 1, True, 0.0, node_names=("c-0",))]
     step(ctl)
     assert sched.nudges == nudges  # nothing waits
+
+
+def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, monkeypatch):
+    """The job a node was started for should not wait for the loop's next observation of that node (a fifth
+    of a cold start): the start itself asks for a pass once the container runs, with that node. A node
+    started for no job (min_nodes) asks for nothing; a failing nudge does not fail the start."""
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    order: list[str] = []
+    create = prov.create
+    prov.create = lambda spec: (create(spec), order.append("created"))
+    sched.nudge = lambda idle: order.append(f"nudge {idle}")
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    ctl.step()  # the start runs on the pool: nothing observed yet
+    settle(ctl)
+    assert order == ["created", "nudge ['c-0']"]
+
+    ctl2, sched2, prov2, _, paths2 = make(tmp_path / "b", monkeypatch)
+    ctl2.config.nodesets[0].min_nodes = 1
+    sched2.nudge = lambda idle: order.append("nudge for nothing")
+    step(ctl2)
+    assert set(prov2.nodes) == {"c-0"} and "nudge for nothing" not in order
+
+    ctl3, sched3, prov3, _, paths3 = make(tmp_path / "c", monkeypatch)
+
+    def broken(idle):
+        raise RuntimeError("scancel: injected failure")
+
+    sched3.nudge = broken
+    sched3.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    step(ctl3)
+    sched3.nudge = lambda idle: None  # the loop's own nudge (c-0 idle beside job 1) is not under test here
+    step(ctl3)
+    assert ("started", "c-0") in kinds(paths3) and not any(k == "failed" for k, _ in kinds(paths3))
 
 
 def test_nodes_boot_a_bounded_number_at_a_time(tmp_path, monkeypatch):

@@ -138,3 +138,39 @@ def test_a_node_under_the_nudges_empty_job_is_not_busy():
     assert node_view(fields, nudged=True).state == SchedState.IDLE
     assert node_view({**fields, "State": "MIXED"}, nudged=True).state == SchedState.IDLE
     assert node_view({**fields, "State": "MIXED"}, has_jobs=True, nudged=True).state == SchedState.BUSY  # a user's job too
+
+
+def test_a_nudge_waits_for_a_node_that_has_not_registered_yet(tmp_path, monkeypatch):
+    """Right after its container starts, a node has not registered: salloc is refused with "Required node not
+    available" and the nudge tries again a few times, briefly; any other refusal (the node took the waiting
+    job) ends it; the empty job is cancelled whatever happened."""
+    from accordion.schedulers import slurm
+    from accordion.sh import CommandError
+
+    monkeypatch.setenv("ACCORDION_STATE", str(tmp_path))
+    c = ClusterConfig.model_validate({"name": "t", "nodesets": [{"name": "c", "max_nodes": 2}]})
+    paths = ClusterPaths("t")
+    sched = slurm.SlurmScheduler(c, paths, LocalProvider(c, paths))
+    monkeypatch.setattr(slurm, "NUDGE_WAITS", (0.0, 0.0, 0.0))
+    calls: list[str] = []
+    refusals: list[str] = []
+
+    def cmd(argv, timeout=20, check=True):
+        calls.append(argv[0])
+        if argv[0] == "salloc" and refusals:
+            raise CommandError(argv, 1, refusals.pop(0))
+        return ""
+
+    monkeypatch.setattr(sched, "_cmd", cmd)
+    down = "salloc: error: Job submit/allocate failed: Required node not available (down, drained or reserved)"
+    refusals[:] = [down, down]
+    sched.nudge(["c-0"])
+    assert calls == ["salloc", "salloc", "salloc", "scancel"]
+    calls.clear()
+    refusals[:] = [down] * 10
+    sched.nudge(["c-0"])
+    assert calls == ["salloc"] * 4 + ["scancel"]  # bounded: never registered
+    calls.clear()
+    refusals[:] = ["salloc: error: Unable to allocate resources: Requested nodes are busy", down]
+    sched.nudge(["c-0"])
+    assert calls == ["salloc", "scancel"]

@@ -134,9 +134,9 @@ class Controller:
                 self._take_out(name, f"could not start: {error}", failed=True)
         self._flush()
 
-    def _submit(self, name: str, kind: str) -> None:
-        task = self._start if kind == "start" else self.provider.delete
-        self.ops[name] = Op(kind, self.pool.submit(task, name))
+    def _submit(self, name: str, kind: str, *, nudge: bool = False) -> None:
+        future = self.pool.submit(self._start, name, nudge) if kind == "start" else self.pool.submit(self.provider.delete, name)
+        self.ops[name] = Op(kind, future)
 
     def _take_out(self, name: str, reason: str, kind: str = "removed", *, tell: bool = True, failed: bool = False) -> None:
         """The one way out for a node: its container is deleted on the pool (a start still running is
@@ -288,12 +288,13 @@ class Controller:
         for reason, names in release.items():
             self.scheduler.release(names, reason)
         booting = sum(1 for n in snap.nodes if n.state == NodeState.STARTING)
+        wanted = {ns for j in snap.jobs if j.waiting for ns in j.candidates}
         for start in plan.start[: max(0, self.max_booting - booting)]:
             self.events.emit("requested", start.node, start.nodeset, start.reason)
             self.requested_at[start.node] = snap.now
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
-            self._submit(start.node, "start")
+            self._submit(start.node, "start", nudge=start.nodeset in wanted)
 
     def _nudge(self, snap: Snapshot) -> None:
         """A job waits and an idle node of its node sets has room: ask the scheduler for a pass now rather
@@ -316,11 +317,17 @@ class Controller:
             self._nudges_left -= 1
             self._next_nudge = now + NUDGE_INTERVAL
 
-    def _start(self, node: str) -> None:
-        """Runs on the pool."""
+    def _start(self, node: str, nudge: bool) -> None:
+        """Runs on the pool. `nudge`: jobs wait for this node set, so ask for a scheduling pass as soon as the
+        node is up, not once the loop has seen it idle (an observation later: a fifth of a cold start)."""
         self.scheduler.node_starting(node)
         self.provider.create(self.scheduler.node_spec(node))
         self.scheduler.node_started(node)
+        if nudge:
+            try:
+                self.scheduler.nudge([node])
+            except Exception as exc:  # the node did start; the loop nudges again once it sees the node idle
+                log.warning("nudge after starting %s failed: %s", node, exc)
 
     def _transitions(self, snap: Snapshot) -> None:
         for n in snap.nodes:

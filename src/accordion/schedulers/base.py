@@ -57,7 +57,9 @@ class Scheduler(Protocol):
 
     def nudge(self, idle: list[str]) -> None:
         """Ask the scheduler for a scheduling pass now: the controller calls it while a job waits beside an
-        idle node (a few times, a second apart), with those idle nodes (name order). A no-op where the
+        idle node (a few times, a second apart), with those idle nodes (name order), and on the start pool
+        right after `node_started` of a node started for waiting jobs, with that node alone (which may not
+        have registered yet: then the call does nothing useful and must not fail). A no-op where the
         scheduler offers no such call."""
 
     def release(self, nodes: list[str], reason: str) -> None:

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -77,6 +78,10 @@ NUDGE_PARTITION = "accordion-nudge"
 # How long after a nudge its node is read as not busy for the nudge's empty job: the job is cancelled at once
 # and its epilog ends within tens of milliseconds, seconds on a loaded machine.
 NUDGE_GRACE = 5.0
+# Waits between the tries of a nudge aimed at a node that has not registered yet (the controller nudges right
+# after starting a node for waiting jobs, and runc returns before slurmd registers): 0.3 s in all, at most
+# five refused salloc calls (~5 ms of CPU each) per node started.
+NUDGE_WAITS = (0.02, 0.04, 0.08, 0.16)
 
 
 def render_slurm_conf(config: ClusterConfig, provider: Provider, paths: ClusterPaths, host: str, accounting: bool = False) -> str:
@@ -296,6 +301,7 @@ class SlurmScheduler:
         self.conf = paths.scheduler / "slurm.conf"
         self._nodeset_of = {n: ns.name for ns in config.nodesets for n in ns.node_names()}
         self._nudged: dict[str, float] = {}  # node -> when `nudge` put its empty job on it (monotonic)
+        self._nudged_lock = threading.Lock()  # `nudge` also runs on the start pool, beside `observe`
         # Local clusters only: the Kubernetes head image has no MariaDB (and accounting there is not tested).
         self.accounting = config.provider == "local" and accounting_available()
 
@@ -568,10 +574,20 @@ class SlurmScheduler:
         and its epilog's end starts the waiting jobs ~0.1 s later instead of 0-1 s (README, "What a cold
         start waits for"). That node, not any idle one: the empty job resets the node's LastBusyTime, which
         is where its idle timeout counts from, and a job wants this one."""
-        self._nudged[idle[0]] = time.monotonic()
-        # Not granted (check=False): the node took a job meanwhile, which is what the nudge was for.
-        self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1", "--no-shell",
-                   "-J", NUDGE_PARTITION, "--quiet"], timeout=10, check=False)
+        with self._nudged_lock:
+            self._nudged[idle[0]] = time.monotonic()
+        for wait in (*NUDGE_WAITS, None):
+            try:
+                self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1", "--no-shell",
+                           "-J", NUDGE_PARTITION, "--quiet"], timeout=10)
+                break
+            except CommandError as exc:
+                # A node just started has not registered yet ("Required node not available (down, drained or
+                # reserved)"): it does within tens of milliseconds. Any other refusal ends it: the node took a
+                # job meanwhile, which is what the nudge was for.
+                if wait is None or "not available" not in exc.stderr:
+                    break
+                time.sleep(wait)
         # By partition: also ends one left by a controller killed between the two commands.
         self._cmd(["scancel", "-p", NUDGE_PARTITION])
 
@@ -600,13 +616,14 @@ class SlurmScheduler:
             node_text = node_lines.result()
         with_jobs = {n for j in jobs if j.running for n in j.node_names}
         now = time.monotonic()
-        self._nudged = {n: t for n, t in self._nudged.items() if now - t < NUDGE_GRACE}
+        with self._nudged_lock:
+            self._nudged = nudged = {n: t for n, t in self._nudged.items() if now - t < NUDGE_GRACE}
         nodes: dict[str, SchedNode] = {}
         for line in node_text.splitlines():
             if line.strip():
                 fields = parse_scontrol_oneliner(line)
                 name = fields.get("NodeName", "")
-                view = node_view(fields, name in with_jobs, name in self._nudged)
+                view = node_view(fields, name in with_jobs, name in nudged)
                 nodes[view.name] = view
         return SchedulerView(nodes, jobs)
 
