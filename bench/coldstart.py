@@ -1,8 +1,10 @@
 """Cold and warm start of a job on a live Accordion cluster (Slurm, OAR or Grid Engine).
 
-cold: no node exists when `sbatch` is called; warm: an idle node exists. The time is from just before
-`sbatch` runs to the first line of the job script running on its node (the job writes its own clock;
-nodes share the host's clock). Prints median, p95 and the cold/warm ratio.
+cold: no node exists when `sbatch` is called; warm: an idle node exists; scheduler alone: an idle node
+exists and the controller is paused (SIGSTOP), so the job waits for the scheduler's own pass, as on a
+fixed cluster without Accordion. The time is from just before `sbatch` runs to the first line of the job
+script running on its node (the job writes its own clock; nodes share the host's clock). Prints medians,
+p95 and the ratios of cold to warm and of cold to the scheduler alone.
 
     python bench/coldstart.py [--scheduler slurm|oar|gridengine] [--runs 10] [--nodes 1] [--provider local|hosts [--hosts 3]]
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import signal
 import subprocess
 import sys
 import time
@@ -109,7 +112,8 @@ def main() -> None:
                 raise SystemExit(f"node count did not reach {count}")
             time.sleep(0.05)
 
-    cold, warm = [], []
+    controller = int((Path("/run/accordion") / name / "pids" / "controller.pid").read_text())
+    cold, warm, alone = [], [], []
     try:
         for i in range(args.runs):
             accordion("scale", "-c", name, "compute", "0")
@@ -120,7 +124,13 @@ def main() -> None:
             time.sleep(1.5)  # let the job end: its nodes are now idle
             warm.append(start_latency(i, "warm"))
             time.sleep(1.0)
-            print(f"run {i + 1}/{args.runs}: cold {cold[-1]:.3f} s, warm {warm[-1]:.3f} s", flush=True)
+            os.kill(controller, signal.SIGSTOP)
+            try:
+                alone.append(start_latency(i, "alone"))
+            finally:
+                os.kill(controller, signal.SIGCONT)
+            time.sleep(1.0)
+            print(f"run {i + 1}/{args.runs}: cold {cold[-1]:.3f} s, warm {warm[-1]:.3f} s, scheduler alone {alone[-1]:.3f} s", flush=True)
     finally:
         accordion("down", "-c", name)
         if sim:
@@ -131,7 +141,9 @@ def main() -> None:
     print(f"\n{args.scheduler} on {where}, {args.nodes}-node job, {args.runs} runs each (submission -> job script running)")
     print(f"cold start: median {cm:.3f} s, p95 {percentile(cold, 0.95):.3f} s, min {min(cold):.3f} s, max {max(cold):.3f} s")
     print(f"warm start: median {wm:.3f} s, p95 {percentile(warm, 0.95):.3f} s, min {min(warm):.3f} s, max {max(warm):.3f} s")
-    print(f"cold/warm ratio (medians): {cm / wm:.2f}")
+    am = percentile(alone, 0.5)
+    print(f"warm start, scheduler alone (controller paused): median {am:.3f} s, p95 {percentile(alone, 0.95):.3f} s, min {min(alone):.3f} s, max {max(alone):.3f} s")
+    print(f"cold/warm ratio (medians): {cm / wm:.2f}; cold / warm with the scheduler alone: {cm / am:.2f}")
 
 
 if __name__ == "__main__":

@@ -140,10 +140,10 @@ def test_fakes_implement_the_protocols() -> None:
     assert provider.list() == {} and scheduler.observe().jobs == []
 
 
-def make(tmp_path, monkeypatch, **controller):
+def make(tmp_path, monkeypatch, max_nodes=3, **controller):
     monkeypatch.setenv("ACCORDION_STATE", str(tmp_path))
     cfg = ClusterConfig.model_validate(
-        {"name": "t", "nodesets": [{"name": "c", "max_nodes": 3, "idle_timeout": 10}], "controller": controller}
+        {"name": "t", "nodesets": [{"name": "c", "max_nodes": max_nodes, "idle_timeout": 10}], "controller": controller}
     )
     paths = ClusterPaths("t")
     paths.state.mkdir(parents=True)
@@ -419,7 +419,7 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
 def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, monkeypatch):
     """The job a node was started for should not wait for the loop's next observation of that node (a fifth
     of a cold start): the start itself asks for a pass once the container runs, with that node. A node
-    started for no job (min_nodes) asks for nothing; a failing nudge does not fail the start."""
+    started for no job (min_nodes) or in a burst asks for nothing; a failing nudge does not fail the start."""
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     order: list[str] = []
     create = prov.create
@@ -435,6 +435,12 @@ def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, mo
     sched2.nudge = lambda idle: order.append("nudge for nothing")
     step(ctl2)
     assert set(prov2.nodes) == {"c-0"} and "nudge for nothing" not in order
+
+    # A burst: too many nodes boot at once for each to wait for its registration.
+    ctl4, sched4, prov4, _, _ = make(tmp_path / "d", monkeypatch, max_nodes=8)
+    sched4.jobs = [Job("1", "c", 5, 1, False, 0.0)]
+    step(ctl4)
+    assert len(prov4.nodes) == 5 and sched4.nudged == []
 
     ctl3, sched3, prov3, _, paths3 = make(tmp_path / "c", monkeypatch)
 

@@ -34,6 +34,11 @@ log = logging.getLogger("accordion.controller")
 # SCHEDULER_MIN_TIME_BETWEEN_2_CALLS, 1 s here) and then sleep 10 s: so ask again, a second apart.
 NUDGES = 3
 NUDGE_INTERVAL = 1.1
+START_NUDGES = 4  # nodes booting at most, for a start to nudge (see `_act`)
+# Full observations (two scheduler commands, tens of milliseconds of CPU) on a change or while nodes start
+# or drain, at most this often, counted from a step's end: a busy scheduler's files change many times a
+# second. The first change after a quiet spell is observed within `poll_interval`.
+STEP_INTERVAL = 0.1
 
 
 @dataclass
@@ -288,8 +293,13 @@ class Controller:
         for reason, names in release.items():
             self.scheduler.release(names, reason)
         booting = sum(1 for n in snap.nodes if n.state == NodeState.STARTING)
-        wanted = {ns for j in snap.jobs if j.waiting for ns in j.candidates}
-        for start in plan.start[: max(0, self.max_booting - booting)]:
+        starts = plan.start[: max(0, self.max_booting - booting)]
+        # A few nodes started for waiting jobs (a cold start) each ask for a pass once up; in a burst the
+        # tries would cost more CPU than they save (each node's registration waits its turn then), and
+        # the loop's own nudges and every job's end already bring passes.
+        few = booting + len(starts) <= START_NUDGES
+        wanted = {ns for j in snap.jobs if j.waiting for ns in j.candidates} if few else set()
+        for start in starts:
             self.events.emit("requested", start.node, start.nodeset, start.reason)
             self.requested_at[start.node] = snap.now
             if self.metrics:
@@ -442,8 +452,10 @@ class Controller:
             token = self._token()
             now = time.monotonic()
             nudge_due = self._nudges_left > 0 and now >= self._next_nudge
-            if moving or nudge_due or token != last_token or now - last_step >= settings.resync_interval:
-                last_token, last_step = token, now
+            since = now - last_step
+            due = (moving or token != last_token) and since >= max(settings.poll_interval, STEP_INTERVAL)
+            if due or nudge_due or since >= settings.resync_interval:
+                last_token = token
                 try:
                     self._supervise()
                     self.step()
@@ -464,6 +476,7 @@ class Controller:
                     if self.metrics:
                         self.metrics.errors.labels(self.config.name).inc()
                     stop.wait(1.0)
+                last_step = time.monotonic()
             stop.wait(settings.poll_interval)
         self.close()
         self.events.emit("controller", reason="stopped")

@@ -79,9 +79,9 @@ NUDGE_PARTITION = "accordion-nudge"
 # and its epilog ends within tens of milliseconds, seconds on a loaded machine.
 NUDGE_GRACE = 5.0
 # Waits between the tries of a nudge aimed at a node that has not registered yet (the controller nudges right
-# after starting a node for waiting jobs, and runc returns before slurmd registers): 0.3 s in all, at most
-# five refused salloc calls (~5 ms of CPU each) per node started.
-NUDGE_WAITS = (0.02, 0.04, 0.08, 0.16)
+# after starting a few nodes for waiting jobs, and runc returns 20-60 ms before slurmd registers): 0.3 s in
+# all, at most eight refused salloc calls (~5 ms of CPU each) per node started.
+NUDGE_WAITS = (0.01, 0.01, 0.02, 0.02, 0.04, 0.08, 0.12)
 
 
 def render_slurm_conf(config: ClusterConfig, provider: Provider, paths: ClusterPaths, host: str, accounting: bool = False) -> str:
@@ -570,26 +570,24 @@ class SlurmScheduler:
         """A scheduling pass now. In Slurm 22.05 a submission, a node registering and every update only
         queue a pass for slurmctld's next once-a-second tick; one event schedules at once: a slurmd reporting
         that a job's epilog finished (`_slurm_rpc_epilog_complete` calls `schedule()`). So: allocate an idle
-        node beside the waiting jobs to an empty job of the hidden partition (granted in the RPC), cancel it,
-        and its epilog's end starts the waiting jobs ~0.1 s later instead of 0-1 s (README, "What a cold
-        start waits for"). That node, not any idle one: the empty job resets the node's LastBusyTime, which
-        is where its idle timeout counts from, and a job wants this one."""
+        node beside the waiting jobs to an empty job of the hidden partition (granted in the RPC; salloc
+        runs `true` and ends the job), and its epilog's end starts the waiting jobs ~0.05 s later instead of
+        0-1 s (README, "What a cold start waits for"). That node, not any idle one: the empty job resets the
+        node's LastBusyTime, which is where its idle timeout counts from, and a job wants this one."""
         with self._nudged_lock:
             self._nudged[idle[0]] = time.monotonic()
         for wait in (*NUDGE_WAITS, None):
             try:
-                self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1", "--no-shell",
-                           "-J", NUDGE_PARTITION, "--quiet"], timeout=10)
-                break
+                self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1",
+                           "-J", NUDGE_PARTITION, "--quiet", "true"], timeout=10)
+                return
             except CommandError as exc:
                 # A node just started has not registered yet ("Required node not available (down, drained or
                 # reserved)"): it does within tens of milliseconds. Any other refusal ends it: the node took a
                 # job meanwhile, which is what the nudge was for.
                 if wait is None or "not available" not in exc.stderr:
-                    break
+                    return
                 time.sleep(wait)
-        # By partition: also ends one left by a controller killed between the two commands.
-        self._cmd(["scancel", "-p", NUDGE_PARTITION])
 
     def release(self, nodes: list[str], reason: str) -> None:
         """Stop new jobs landing on the nodes (one command for all); each is removed once `observe` reports
