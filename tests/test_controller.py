@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import wait
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class FakeScheduler:
     def nudge(self, idle):
         self.nudges += 1
         self.nudged.append(idle)
+        return 0.0
 
     def release(self, nodes, reason):
         for node in nodes:
@@ -416,6 +418,25 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
     assert sched.nudges == nudges  # nothing waits
 
 
+def test_a_nudge_too_soon_for_the_scheduler_is_asked_again_when_it_can_be_taken(tmp_path, monkeypatch):
+    """OAR takes at most one pass per second: its nudge says how long until then, and the controller asks
+    again at that time, without counting the early call as one of the round's nudges."""
+    monkeypatch.setattr("accordion.controller.NUDGE_INTERVAL", 60.0)
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    answers = [0.2, 0.0]
+    calls: list[float] = []
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    step(ctl)  # starts c-0
+    sched.nudge = lambda idle: (calls.append(time.monotonic()), answers.pop(0) if answers else 0.0)[1]
+    step(ctl)  # c-0 idle beside job 1: asked, too soon
+    step(ctl)  # not yet
+    assert len(calls) == 1 and ctl._nudges_left == 3
+    time.sleep(0.25)
+    step(ctl)  # now: taken, and counted
+    step(ctl)  # the next one is NUDGE_INTERVAL away
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2 and ctl._nudges_left == 2
+
+
 def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, monkeypatch):
     """The job a node was started for should not wait for the loop's next observation of that node (a fifth
     of a cold start): the start itself asks for a pass once the container runs, with that node. A node
@@ -450,7 +471,7 @@ def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, mo
     sched3.nudge = broken
     sched3.jobs = [Job("1", "c", 1, 1, False, 0.0)]
     step(ctl3)
-    sched3.nudge = lambda idle: None  # the loop's own nudge (c-0 idle beside job 1) is not under test here
+    sched3.nudge = lambda idle: 0.0  # the loop's own nudge (c-0 idle beside job 1) is not under test here
     step(ctl3)
     assert ("started", "c-0") in kinds(paths3) and not any(k == "failed" for k, _ in kinds(paths3))
 

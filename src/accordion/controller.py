@@ -323,9 +323,12 @@ class Controller:
             self._nudge_key, self._nudges_left, self._next_nudge = key, NUDGES, 0.0
         now = time.monotonic()
         if self._nudges_left and now >= self._next_nudge:
-            self.scheduler.nudge(idle)
-            self._nudges_left -= 1
-            self._next_nudge = now + NUDGE_INTERVAL
+            wait = self.scheduler.nudge(idle)
+            if wait > 0:
+                self._next_nudge = now + wait  # too soon for the scheduler: not counted, asked again then
+            else:
+                self._nudges_left -= 1
+                self._next_nudge = now + NUDGE_INTERVAL
 
     def _start(self, node: str, nudge: bool) -> None:
         """Runs on the pool. `nudge`: jobs wait for this node set, so ask for a scheduling pass as soon as the

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -119,11 +120,15 @@ def _start_without_then_with_sshd(c: OarCluster, cluster: Cluster, sched: OarSch
     with pytest.raises(SchedulerError, match="sshd did not answer"):
         sched.node_started(node)
     assert c.capacity()[node] == {"Absent"}
+    # OAR's own node check (its PINGCHECKER_GENERIC_COMMAND, as Almighty's tools run it) says so too.
+    check = cluster.provider.enter() + sched.wrap() + [str(sched.sched / "pingchecker")]
+    assert subprocess.run([*check, node], capture_output=True, text=True).stderr.split() == [node]
 
     # The same node with its sshd: the check passes and the node comes into service.
     cluster.provider.create(sched.node_spec(node))
     sched.node_started(node)
     wait_for(lambda: c.capacity()[node] == {"Alive"}, 10, f"{node} Alive")
+    assert subprocess.run([*check, node], capture_output=True, text=True).stderr.split() == []
 
 
 def test_two_node_sets_with_different_core_counts_each_get_their_own_jobs(make_oar):

@@ -55,12 +55,14 @@ class Scheduler(Protocol):
         the cluster's network (or leave it to the scheduler's own registration). Runs on the start pool,
         beside the loop; raises if the node cannot be brought into service."""
 
-    def nudge(self, idle: list[str]) -> None:
+    def nudge(self, idle: list[str]) -> float:
         """Ask the scheduler for a scheduling pass now: the controller calls it while a job waits beside an
         idle node (a few times, a second apart), with those idle nodes (name order), and on the start pool
         right after `node_started` of a node started for waiting jobs, with that node alone (which may not
-        have registered yet: then the call does nothing useful and must not fail). A no-op where the
-        scheduler offers no such call."""
+        have registered yet: then the call does nothing useful and must not fail). Returns 0 once asked,
+        or how many seconds from now the scheduler would take a pass asked for (the controller asks then,
+        and the call did not count as one of its nudges). A no-op returning 0 where the scheduler offers
+        no such call."""
 
     def release(self, nodes: list[str], reason: str) -> None:
         """No new jobs on the nodes; `observe` reports each DRAINED once it is empty."""

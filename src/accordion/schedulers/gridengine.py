@@ -493,9 +493,10 @@ class GridEngineScheduler:
         self._record(nodes, reason)
         self._calendar(nodes, DRAINING)
 
-    def nudge(self, idle: list[str]) -> None:
+    def nudge(self, idle: list[str]) -> float:
         """Nothing to do: the qmaster runs a scheduling pass right after a submission (flush_submit_sec 1)
         and every schedule_interval (1 s)."""
+        return 0.0
 
     def user_added(self, user: str) -> None:
         """Nothing to do: any host user may submit (Grid Engine has no accounting associations to create)."""

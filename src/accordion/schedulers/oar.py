@@ -85,6 +85,17 @@ def render_oar_conf(template: str, overrides: dict[str, str | None]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# PINGCHECKER_GENERIC_COMMAND: OAR runs it with the hosts to check as arguments and reads the bad ones on
+# its stderr, one per line. Run by Almighty's tools, inside the cluster's network namespace.
+PINGCHECKER = """#!/bin/bash
+# Written by Accordion: a host whose sshd does not take a connection within 5 s is bad.
+for host; do
+  (timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/{port}"' "$host" 2>/dev/null || echo "$host" >&2) &
+done
+wait
+"""
+
+
 @dataclass(frozen=True)
 class Request:
     """What an OAR resource request asks of nodes, in the terms of `model.Job`."""
@@ -157,6 +168,9 @@ SELECT coalesce(json_agg(job ORDER BY job.id), '[]') FROM (
 # in the same states), read in one query: `oarnodes` is Perl that costs ~1 s of CPU per call on this 2-core
 # machine, and the controller observes continuously while a node starts.
 RESOURCE_JOB_STATES = ("Waiting", "Hold", "toLaunch", "toAckReservation", "Launching", "Running", "Suspended", "Resuming", "Finishing")
+# One second past OAR's last scheduling pass (oar_meta_sched's "gantt date", OAR::IO::get_gantt_date).
+GANTT_DATE_SQL = "SELECT start_time FROM gantt_jobs_predictions WHERE moldable_job_id = 0;"
+
 NODES_SQL = f"""
 SELECT coalesce(json_agg(json_build_object(
     'host', r.host, 'state', r.state, 'drain', r.drain, 'last_job_date', r.last_job_date,
@@ -318,20 +332,31 @@ class OarScheduler:
             "LOG_FILE": str(log),
             "LOG_LEVEL": "2",
             # Almighty schedules on a submission, a job's end or a node's change only if this many seconds
-            # (whole: Perl's time()) passed since its last pass, else it waits for its 10 s tick or the next
-            # command: at 1 a node set Alive within the second of the submission's pass waited 1-2 s more.
-            "SCHEDULER_MIN_TIME_BETWEEN_2_CALLS": "0",
-            # Nodes are containers with their own cgroup: without CPUSET_PATH OAR runs no cpuset manager
-            # (jobs are confined by the node container), while the cpuset field still names each job's
-            # cpuset, which oarsh uses to check a connection belongs to the user's job.
+            # (whole: Perl's time()) passed since its last pass, else at the next command or its 10 s tick
+            # (the controller's nudges come at the next second: `nudge`). Not 0: each pass dates OAR's plan a
+            # second past the later of the clock and the last pass's date, and a pass finding that date 2 s
+            # ahead sleeps 2 s first; with passes back to back, a job waited 3 s beside an idle node.
+            "SCHEDULER_MIN_TIME_BETWEEN_2_CALLS": "1",
+            # Nodes are containers with their own cgroup: without CPUSET_PATH OAR's resource manager (still run
+            # over ssh at each job's start and end) makes no cpuset (jobs are confined by the node container)
+            # but installs the job's oarsh keys, and the cpuset field still names each job's cpuset, which
+            # oarsh uses to check a connection belongs to the user's job.
             "JOB_RESOURCE_MANAGER_PROPERTY_DB_FIELD": "cpuset",
             "CPUSET_PATH": None,
             "FINAUD_FREQUENCY": "30",
+            # OAR checks a job's nodes before launching it, and finaud every node: sentinelle.pl logs in over
+            # ssh to run `true` (0.3 s of every job start here); a connection to each node's sshd says the same
+            # of a container (a login that then fails fails the launch, and OAR suspects the node then).
+            "PINGCHECKER_SENTINELLE_SCRIPT_COMMAND": None,
+            "PINGCHECKER_GENERIC_COMMAND": str(self.sched / "pingchecker"),
             "OPENSSH_CMD": f"/usr/bin/ssh -p {SSHD_PORT} -e none -F /var/lib/oar/.ssh/config",
             "OARSH_OPENSSH_DEFAULT_OPTIONS": "-e none -oProxyCommand=none -oPermitLocalCommand=no -F /var/lib/oar/.ssh/config",
         }
         template = Path("/etc/oar/oar.conf").read_text()
         self.conf.write_text(render_oar_conf(template, overrides))
+        checker = self.sched / "pingchecker"
+        checker.write_text(PINGCHECKER.format(port=SSHD_PORT))
+        checker.chmod(0o755)
         os.chown(self.conf, oar.pw_uid, oar.pw_gid)
         os.chmod(self.conf, 0o644)
 
@@ -468,10 +493,16 @@ class OarScheduler:
     def sshd_answers(self, node: str) -> bool:
         return self._connects(self.provider.address(node), SSHD_PORT, "SSH-")
 
-    def nudge(self, idle: list[str]) -> None:
-        """Tell Almighty what oarsub tells it ("Qsub" on its command port), from inside the cluster's network.
-        A Qsub within SCHEDULER_MIN_TIME_BETWEEN_2_CALLS of its last pass is only noted, and Almighty then
-        sleeps up to 10 s on its command port before acting on it: a later Qsub wakes it at once."""
+    def nudge(self, idle: list[str]) -> float:
+        """Tell Almighty what oarsub tells it ("Qsub" on its command port), from inside the cluster's network,
+        once a pass would run. Almighty runs at most one pass per second of the clock
+        (SCHEDULER_MIN_TIME_BETWEEN_2_CALLS 1, whole seconds), and one asked for sooner only when a command
+        comes after that second, or at its 10 s tick. Each pass dates OAR's plan one second past its start
+        (oar_meta_sched's "gantt date"): until then, returns the time left, and the controller asks then."""
+        dated = self._select(GANTT_DATE_SQL).strip()
+        now = time.time()
+        if dated and int(dated) > now:
+            return int(dated) - now + 0.01
         argv = self.provider.enter() + [
             "bash", "-c", 'exec 3<>"/dev/tcp/$0/$1" && printf "Qsub\\n" >&3', self.provider.head_address(), str(SERVER_PORT),
         ]
@@ -479,6 +510,7 @@ class OarScheduler:
             run(argv, check=False, timeout=CONNECT_TIMEOUT)
         except subprocess.TimeoutExpired:
             pass  # Almighty not answering: its own 60 s pass still comes; `running` reports a dead server
+        return 0.0
 
     def release(self, nodes: list[str], reason: str) -> None:
         for node in nodes:

@@ -566,7 +566,7 @@ class SlurmScheduler:
     def node_started(self, node: str) -> None:
         """Nothing to do: slurmd registers itself and ReturnToService=2 puts the node in service."""
 
-    def nudge(self, idle: list[str]) -> None:
+    def nudge(self, idle: list[str]) -> float:
         """A scheduling pass now. In Slurm 22.05 a submission, a node registering and every update only
         queue a pass for slurmctld's next once-a-second tick; one event schedules at once: a slurmd reporting
         that a job's epilog finished (`_slurm_rpc_epilog_complete` calls `schedule()`). So: allocate an idle
@@ -580,14 +580,15 @@ class SlurmScheduler:
             try:
                 self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1",
                            "-J", NUDGE_PARTITION, "--quiet", "true"], timeout=10)
-                return
+                break
             except CommandError as exc:
                 # A node just started has not registered yet ("Required node not available (down, drained or
                 # reserved)"): it does within tens of milliseconds. Any other refusal ends it: the node took a
                 # job meanwhile, which is what the nudge was for.
                 if wait is None or "not available" not in exc.stderr:
-                    return
+                    break
                 time.sleep(wait)
+        return 0.0
 
     def release(self, nodes: list[str], reason: str) -> None:
         """Stop new jobs landing on the nodes (one command for all); each is removed once `observe` reports
