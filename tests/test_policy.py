@@ -294,8 +294,11 @@ def test_snapshot_index_orders(ns):
         assert g.starting == of(NodeState.STARTING) and g.idle == of(NodeState.IDLE)
         assert g.busy == of(NodeState.BUSY, NodeState.UNRESPONSIVE)
         assert g.partly_free == tuple(n for n in of(NodeState.BUSY) if n.free_cpus > 0)
-        assert g.absent == tuple(sorted(of(NodeState.ABSENT), key=lambda n: n.since))
-        assert g.idle_longest == tuple(sorted(of(NodeState.IDLE), key=lambda n: n.since))
+        assert g.absent == tuple(n.name for n in sorted(of(NodeState.ABSENT), key=lambda n: n.since))
+        longest_idle = sorted(of(NodeState.IDLE), key=lambda n: n.since)
+        assert [name for run in g.idle_runs for name in run.names] == [n.name for n in longest_idle]
+        assert all(n.since == run.since for run in g.idle_runs for n in of(NodeState.IDLE) if n.name in run.names)
+        assert len({run.since for run in g.idle_runs}) == len(g.idle_runs)
         assert g.draining == len(of(NodeState.DRAINING))
 
 

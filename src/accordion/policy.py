@@ -14,6 +14,8 @@ the scheduler places meanwhile is never killed.
 
 The snapshot gives each node set's nodes by state, in the order they are used (`model.NodeSetNodes`): the
 simulator keeps that index as its nodes change, so the policy neither groups nor sorts nodes on each call.
+Absent nodes come by name, and idle ones also in runs idle since the same time: a run past the idle timeout
+goes with one reason.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _what(s: Shape) -> str:
     return f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
 
 
-def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[Node], room: int) -> tuple[int, list[Start]] | None:
+def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int) -> tuple[int, list[Start]] | None:
     """`_fit` when every slot is one of `free` whole free nodes and no job names nodes: then each job takes
     whole free nodes from the front and new nodes from the front of `absent`, and counting them is enough
     (on a large machine, thousands of nodes are never looked at). How many of the free nodes jobs were
@@ -131,7 +133,7 @@ def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequenc
             reasons += [f"job {job.id} needs {_what(s)}"] * new
         if len(reasons) >= room and taken == free:
             break  # nothing more can fit: long queues on full clusters stay cheap
-    return taken, [Start(n.name, spec.name, reason) for n, reason in zip(absent, reasons)]
+    return taken, [Start(n, spec.name, reason) for n, reason in zip(absent, reasons)]
 
 
 def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int) -> tuple[set[str], list[Start]]:
@@ -192,7 +194,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
         s, g = shape(job, specs[name]), snapshot.of(name)
         assert s is not None
         active = len(g.starting) + len(g.idle) + len(g.busy)
-        startable = sum(1 for n in g.absent if n.name not in excluded)
+        startable = sum(1 for n in g.absent if n not in excluded)
         up = [n for n in [*g.idle, *g.starting] if n.name not in excluded]
         if s.nodes <= len(up) + min(startable, specs[name].max_nodes - active):
             return name
@@ -217,7 +219,7 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
         target = max(0, min(spec.pinned, spec.max_nodes))
         reason = f"scaled to {target} by hand"
         if active < target:
-            plan.start += [Start(n.name, name, reason) for n in g.absent[: target - active]]
+            plan.start += [Start(n, name, reason) for n in g.absent[: target - active]]
         elif active > target:
             longest_idle = sorted(idle, key=lambda n: n.since)
             for n in (longest_idle + starting[::-1] + list(g.busy[::-1]))[: active - target]:
@@ -234,12 +236,12 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     if counted is not None:
         whole, starts = counted
     elif waiting:
-        wanted, starts = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], [n.name for n in g.absent], room)
+        wanted, starts = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room)
     missing = spec.min_nodes - active - len(starts)
     if missing > 0:
         taken = {s.node for s in starts}
-        more = islice((n for n in g.absent if n.name not in taken), missing)
-        starts += [Start(n.name, name, f"min_nodes is {spec.min_nodes}") for n in more]
+        more = islice((n for n in g.absent if n not in taken), missing)
+        starts += [Start(n, name, f"min_nodes is {spec.min_nodes}") for n in more]
     plan.start += starts
 
     # An idle node no waiting job was fitted onto goes after the idle timeout, even while a job waits for busy
@@ -247,15 +249,16 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     # 2-8 % more node-hours than Slurm's power saving and longer waits (README, "Policies compared").
     # Only the nodes past the timeout are looked at (longest idle first), and none if jobs were fitted onto
     # every idle node: a long wait for busy nodes to free up costs nothing per call.
-    removable: list[Node] = []
+    removable: list[Stop] = []
     if whole < len(idle):
-        expired = list(takewhile(lambda n: now - n.since >= spec.idle_timeout, g.idle_longest))
+        expired = list(takewhile(lambda run: now - run.since >= spec.idle_timeout, g.idle_runs))
         if expired and whole:
             wanted = {n.name for n in idle[:whole]}
-        removable = [n for n in expired if n.name not in wanted]
+        for run in expired:
+            reason = f"idle {now - run.since:.0f} s"
+            removable += [Stop(n, name, reason) for n in run.names if n not in wanted]
     keep = max(0, spec.min_nodes - (active - len(removable)))
-    for n in removable[: max(0, len(removable) - keep)]:
-        plan.stop.append(Stop(n.name, name, f"idle {now - n.since:.0f} s"))
+    plan.stop += removable[: max(0, len(removable) - keep)]
 
 
 def decide(snapshot: Snapshot) -> Plan:
