@@ -206,19 +206,23 @@ class Snapshot:
         return self.index.get(nodeset, NO_NODES)
 
 
+# A plan names nodes in runs, one for each reason (a job's nodes, a run of nodes idle since the same time): a
+# large machine starts and stops thousands of nodes at once (README, "Speed"). A run is never empty.
+
+
 @dataclass(frozen=True)
 class Start:
-    node: str
+    nodes: tuple[str, ...]  # in the order they are to start
     nodeset: str
     reason: str
 
 
 @dataclass(frozen=True)
 class Stop:
-    node: str
+    nodes: tuple[str, ...]
     nodeset: str
     reason: str
-    failed: bool = False  # the node is given up on (did not register in time)
+    failed: bool = False  # the nodes are given up on (did not register in time)
 
 
 @dataclass

@@ -473,31 +473,31 @@ class Simulation:
         index = NodeSetNodes(v.starting, v.idle, v.busy, (), v.absent, self.draining, v.idle_runs)  # no node partly free
         plan = self.policy(Snapshot(t, (self.spec,), v.every, jobs, self.resume_timeout, {NODESET: index}))  # type: ignore[arg-type]
         self.calls += 1
-        state = self.state
+        state, number = self.state, self.index.__getitem__
         idle = []
         for stop in plan.stop:
-            x = self.index[stop.node]
-            s = state[x]
-            if s is ABSENT or s is DRAINING:
-                continue
-            if s is IDLE:
-                idle.append(x)
-            elif s is STARTING:
-                self._remove(x, t)
-            elif stop.failed:
-                # The controller deletes such a node at once: its job dies with it.
-                j = self.job_on[x]
-                self.killed += 1
-                self.busy -= 1
-                self._remove(x, t)
-                self._release(j, t)
-            else:
-                self._drain(x, t)
-                self.usable[self.job_on[x]] -= 1
+            for x in map(number, stop.nodes):
+                s = state[x]
+                if s is ABSENT or s is DRAINING:
+                    continue
+                if s is IDLE:
+                    idle.append(x)
+                elif s is STARTING:
+                    self._remove(x, t)
+                elif stop.failed:
+                    # The controller deletes such a node at once: its job dies with it.
+                    j = self.job_on[x]
+                    self.killed += 1
+                    self.busy -= 1
+                    self._remove(x, t)
+                    self._release(j, t)
+                else:
+                    self._drain(x, t)
+                    self.usable[self.job_on[x]] -= 1
         if idle:
             self._remove_idle(idle, t)
         self._left(t)
-        xs = [self.index[start.node] for start in plan.start]
+        xs = [x for start in plan.start for x in map(number, start.nodes)]
         gen, since = self.gen, self.since
         for x in xs:
             if state[x] is not ABSENT:  # a node started twice in the plan is starting by its second time
