@@ -31,6 +31,23 @@ def plan_for(node_list, jobs=(), now=10.0, spec=SPEC):
     return decide(Snapshot(now, (spec,), node_list, tuple(jobs)))
 
 
+def started(plan):
+    return [n for s in plan.start for n in s.nodes]
+
+
+def stopped(plan):
+    return [n for s in plan.stop for n in s.nodes]
+
+
+def per_node(plan):
+    """A plan node by node, as the controller and the simulator act on it (runs may be cut differently)."""
+    assert all(run.nodes for run in [*plan.start, *plan.stop]), "a run is never empty"
+    return (
+        [(n, s.nodeset, s.reason) for s in plan.start for n in s.nodes],
+        [(n, s.nodeset, s.reason, s.failed) for s in plan.stop for n in s.nodes],
+    )
+
+
 def test_nothing_to_do():
     p = plan_for(nodes())
     assert p.start == [] and p.stop == []
@@ -38,7 +55,7 @@ def test_nothing_to_do():
 
 def test_pending_multi_node_job_gets_exactly_its_nodes():
     p = plan_for(nodes(), [job(1, n=2, cpn=2)])
-    assert [s.node for s in p.start] == ["c-0", "c-1"]
+    assert started(p) == ["c-0", "c-1"]
     assert "job 1 needs 2 nodes of 2 CPUs" in p.start[0].reason
 
 
@@ -49,12 +66,12 @@ def test_job_that_fits_on_idle_node_starts_nothing():
 
 def test_small_jobs_are_packed():
     p = plan_for(nodes(), [job(1), job(2), job(3)])
-    assert [s.node for s in p.start] == ["c-0", "c-1"]
+    assert started(p) == ["c-0", "c-1"]
 
 
 def test_exclusive_job_wants_whole_node():
     p = plan_for(nodes(idle=[0]), [job(1), job(2, exclusive=True)])
-    assert [s.node for s in p.start] == ["c-1"]
+    assert started(p) == ["c-1"]
 
 
 def test_starting_nodes_count_as_capacity():
@@ -64,7 +81,7 @@ def test_starting_nodes_count_as_capacity():
 
 def test_job_partly_on_idle_node():
     p = plan_for(nodes(idle=[0], busy=[1]), [job(1, n=2, cpn=2)])
-    assert [s.node for s in p.start] == ["c-2"]
+    assert started(p) == ["c-2"]
 
 
 def test_job_that_cannot_fit_now_starts_nothing_and_idle_nodes_still_time_out():
@@ -74,8 +91,8 @@ def test_job_that_cannot_fit_now_starts_nothing_and_idle_nodes_still_time_out():
     waiting = [job(1, n=2, cpn=2)]
     assert plan_for(nodes(busy=[0, 1, 2], idle=[3]), waiting, now=59).start == []
     assert plan_for(nodes(busy=[0, 1, 2], idle=[3]), waiting, now=59).stop == []
-    assert [s.node for s in plan_for(nodes(busy=[0, 1, 2], idle=[3]), waiting, now=60).stop] == ["c-3"]
-    assert [s.node for s in plan_for(nodes(busy=[0, 1], idle=[2]), waiting, now=60).start] == ["c-3"]
+    assert stopped(plan_for(nodes(busy=[0, 1, 2], idle=[3]), waiting, now=60)) == ["c-3"]
+    assert started(plan_for(nodes(busy=[0, 1], idle=[2]), waiting, now=60)) == ["c-3"]
 
 
 def test_oversized_cpus_ignored():
@@ -93,14 +110,14 @@ def test_idle_timeout_removes_oldest_idle_first():
     ns[0] = Node("c-0", "c", NodeState.IDLE, 50.0, 2)
     ns[1] = Node("c-1", "c", NodeState.IDLE, 20.0, 2)
     assert plan_for(tuple(ns), now=79).stop == []  # c-1 idle 59 s
-    assert [s.node for s in plan_for(tuple(ns), now=80).stop] == ["c-1"]
-    assert [s.node for s in plan_for(tuple(ns), now=200).stop] == ["c-1", "c-0"]
+    assert stopped(plan_for(tuple(ns), now=80)) == ["c-1"]
+    assert stopped(plan_for(tuple(ns), now=200)) == ["c-1", "c-0"]
 
 
 def test_min_nodes_kept_and_started():
     spec = NodeSetSpec("c", min_nodes=1, max_nodes=4, cpus=2, idle_timeout=0)
-    assert [s.node for s in plan_for(nodes(), spec=spec).start] == ["c-0"]
-    assert [s.node for s in plan_for(nodes(idle=[0, 1]), now=100, spec=spec).stop] == ["c-0"]
+    assert started(plan_for(nodes(), spec=spec)) == ["c-0"]
+    assert stopped(plan_for(nodes(idle=[0, 1]), now=100, spec=spec)) == ["c-0"]
 
 
 def test_resume_timeout_gives_up():
@@ -110,15 +127,15 @@ def test_resume_timeout_gives_up():
 
 def test_failed_nodes_are_not_restarted():
     p = plan_for(nodes(failed=[0]), [job(1)])
-    assert [s.node for s in p.start] == ["c-1"]
+    assert started(p) == ["c-1"]
 
 
 def test_pinned_up_and_down():
     spec = NodeSetSpec("c", 0, 4, 2, 60, pinned=3)
-    assert [s.node for s in plan_for(nodes(idle=[1]), spec=spec).start] == ["c-0", "c-2"]
+    assert started(plan_for(nodes(idle=[1]), spec=spec)) == ["c-0", "c-2"]
     spec = NodeSetSpec("c", 0, 4, 2, 60, pinned=1)
     p = plan_for(nodes(busy=[0], idle=[1, 2]), [job(9)], spec=spec)
-    assert sorted(s.node for s in p.stop) == ["c-1", "c-2"] and p.start == []
+    assert sorted(stopped(p)) == ["c-1", "c-2"] and p.start == []
 
 
 @settings(max_examples=300, deadline=None)
@@ -134,20 +151,20 @@ def test_invariants(states, jobs, pinned, min_nodes):
     js = [job(i, n=n, cpn=c, running=r) for i, (n, c, r) in enumerate(jobs)]
     plan = plan_for(ns, js, now=100, spec=spec)
     by_name = {n.name: n.state for n in ns}
-    started = [s.node for s in plan.start]
-    assert all(by_name[n] == NodeState.ABSENT for n in started)
-    assert len(set(started)) == len(started)
+    new = started(plan)
+    assert all(by_name[n] == NodeState.ABSENT for n in new)
+    assert len(set(new)) == len(new)
     active = sum(s in (NodeState.IDLE, NodeState.BUSY, NodeState.STARTING, NodeState.UNRESPONSIVE) for s in states)
-    assert active + len(started) <= 4
-    stopped = {s.node for s in plan.stop}
-    assert not stopped & set(started)
+    assert active + len(new) <= 4
+    gone = set(stopped(plan))
+    assert not gone & set(new)
     if pinned is None:
         # Automatic scaling never takes a busy node away and keeps min_nodes.
-        assert all(by_name[n] in (NodeState.IDLE, NodeState.STARTING) for n in stopped)
-        remaining = active + len(started) - len(stopped)
+        assert all(by_name[n] in (NodeState.IDLE, NodeState.STARTING) for n in gone)
+        remaining = active + len(new) - len(gone)
         usable = sum(s not in (NodeState.FAILED, NodeState.DRAINING, NodeState.HELD) for s in states)
         assert remaining >= min(min_nodes, usable) or any(
-            by_name[n] == NodeState.STARTING for n in stopped
+            by_name[n] == NodeState.STARTING for n in gone
         )
 
 
@@ -155,7 +172,7 @@ def test_longest_absent_node_is_started_first():
     ns = list(nodes())
     ns[0] = Node("c-0", "c", NodeState.ABSENT, 50.0)  # just removed
     p = plan_for(tuple(ns), [job(1)], now=60)
-    assert [s.node for s in p.start] == ["c-1"]
+    assert started(p) == ["c-1"]
 
 
 def plain_decide(snapshot):
@@ -171,7 +188,7 @@ def plain_decide(snapshot):
         for n in of(NodeState.STARTING):
             if now - n.since > snapshot.resume_timeout:
                 reason = f"did not register within {snapshot.resume_timeout:.0f} s"
-                plan.stop.append(Stop(n.name, spec.name, reason, failed=True))
+                plan.stop.append(Stop((n.name,), spec.name, reason, failed=True))
             else:
                 starting.append(n)
         idle, busy, absent = of(NodeState.IDLE), of(NodeState.BUSY), of(NodeState.ABSENT)
@@ -181,10 +198,10 @@ def plain_decide(snapshot):
             target = max(0, min(spec.pinned, spec.max_nodes))
             reason = f"scaled to {target} by hand"
             if active < target:
-                plan.start += [Start(n.name, spec.name, reason) for n in oldest_absent[: target - active]]
+                plan.start += [Start((n.name,), spec.name, reason) for n in oldest_absent[: target - active]]
             elif active > target:
                 gone = (sorted(idle, key=lambda n: n.since) + starting[::-1] + busy[::-1])[: active - target]
-                plan.stop += [Stop(n.name, spec.name, reason) for n in gone]
+                plan.stop += [Stop((n.name,), spec.name, reason) for n in gone]
             continue
         slots = [[n.name, n.free_cpus] for n in busy if n.free_cpus > 0] + [[n.name, cpus] for n in idle + starting]
         wanted, new_reasons = set(), []
@@ -204,14 +221,14 @@ def plain_decide(snapshot):
             new_reasons += [f"job {job.id} needs {what}"] * max(new, 0)
         while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
             new_reasons.append(f"min_nodes is {spec.min_nodes}")
-        plan.start += [Start(n.name, spec.name, r) for n, r in zip(oldest_absent, new_reasons)]
+        plan.start += [Start((n.name,), spec.name, r) for n, r in zip(oldest_absent, new_reasons)]
         removable = sorted(
             (n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout),
             key=lambda n: (n.since, node_order(n.name)),
         )
         keep = max(0, spec.min_nodes - (active - len(removable)))
         for n in removable[: max(0, len(removable) - keep)]:
-            plan.stop.append(Stop(n.name, spec.name, f"idle {now - n.since:.0f} s"))
+            plan.stop.append(Stop((n.name,), spec.name, f"idle {now - n.since:.0f} s"))
     return plan
 
 
@@ -266,7 +283,7 @@ random_specs = st.lists(
 @given(specs=random_specs, ns=random_nodes, js=random_jobs, now=st.sampled_from([10.0, 30.0, 100.0]))
 def test_same_plans_as_the_plain_policy(specs, ns, js, now):
     s = Snapshot(now, tuple(specs), tuple(ns), tuple(js), resume_timeout=8.0)
-    assert decide(s) == plain_decide(s)
+    assert per_node(decide(s)) == per_node(plain_decide(s))
 
 
 # The simulator's kind of snapshot: jobs take whole nodes, no busy node has CPUs left: the policy counts free
@@ -279,7 +296,7 @@ whole_node_jobs = random_jobs.map(lambda js: [replace(j, exclusive=True) for j i
 @given(specs=random_specs, ns=whole_nodes, js=whole_node_jobs, now=st.sampled_from([10.0, 30.0, 100.0]))
 def test_counted_fits_make_the_plans_of_the_plain_policy(specs, ns, js, now):
     s = Snapshot(now, tuple(specs), tuple(ns), tuple(js), resume_timeout=8.0)
-    assert decide(s) == plain_decide(s)
+    assert per_node(decide(s)) == per_node(plain_decide(s))
 
 
 @settings(max_examples=300, deadline=None)
@@ -294,8 +311,11 @@ def test_snapshot_index_orders(ns):
         assert g.starting == of(NodeState.STARTING) and g.idle == of(NodeState.IDLE)
         assert g.busy == of(NodeState.BUSY, NodeState.UNRESPONSIVE)
         assert g.partly_free == tuple(n for n in of(NodeState.BUSY) if n.free_cpus > 0)
-        assert g.absent == tuple(sorted(of(NodeState.ABSENT), key=lambda n: n.since))
-        assert g.idle_longest == tuple(sorted(of(NodeState.IDLE), key=lambda n: n.since))
+        assert g.absent == tuple(n.name for n in sorted(of(NodeState.ABSENT), key=lambda n: n.since))
+        longest_idle = sorted(of(NodeState.IDLE), key=lambda n: n.since)
+        assert [name for run in g.idle_runs for name in run.names] == [n.name for n in longest_idle]
+        assert all(n.since == run.since for run in g.idle_runs for n in of(NodeState.IDLE) if n.name in run.names)
+        assert len({run.since for run in g.idle_runs}) == len(g.idle_runs)
         assert g.draining == len(of(NodeState.DRAINING))
 
 

@@ -15,7 +15,7 @@ from accordion.simulator.engine import ClusterModel, SimulationError, fit_to, si
 from accordion.simulator.metrics import summarize, waits
 from accordion.simulator.policies import CHSC, POLICIES, powersave, static
 from accordion.simulator.traces import TraceJob
-from tests.test_policy import plain_decide
+from tests.test_policy import per_node, plain_decide
 
 
 def job(i, submit, nodes, run, estimate=None):
@@ -130,7 +130,7 @@ def test_powersave_resumes_exactly_the_nodes_of_the_job_and_suspends_after_600_s
 def test_draining_never_kills_a_job():
     def leave_now(s: Snapshot) -> Plan:  # starts what waiting jobs need, then asks every node to go
         plan = live_policy.decide(s)
-        plan.stop += [Stop(n.name, n.nodeset, "go") for n in s.nodes if n.state.value in ("idle", "busy")]
+        plan.stop += [Stop((n.name,), n.nodeset, "go") for n in s.nodes if n.state.value in ("idle", "busy")]
         return plan
 
     r = run([job(1, 0, 2, 100), job(2, 5, 1, 10)], leave_now, idle_timeout=60, boot_time=0.8)
@@ -142,7 +142,7 @@ def test_draining_never_kills_a_job():
 def test_deleting_a_busy_node_at_once_is_counted_as_a_kill():
     def give_up(s: Snapshot) -> Plan:
         plan = live_policy.decide(s)
-        plan.stop += [Stop(n.name, n.nodeset, "broken", failed=True) for n in s.nodes if n.state.value == "busy"]
+        plan.stop += [Stop((n.name,), n.nodeset, "broken", failed=True) for n in s.nodes if n.state.value == "busy"]
         return plan
 
     assert summarize(run([job(1, 0, 2, 100)], give_up, idle_timeout=60)).killed == 1
@@ -150,7 +150,7 @@ def test_deleting_a_busy_node_at_once_is_counted_as_a_kill():
 
 def test_policy_starting_a_present_node_is_an_error():
     def bad(s: Snapshot) -> Plan:
-        return Plan(start=[live_policy.Start(s.nodes[0].name, s.nodes[0].nodeset, "again")])
+        return Plan(start=[live_policy.Start((s.nodes[0].name,), s.nodes[0].nodeset, "again")])
 
     with pytest.raises(SimulationError, match="started sim-0, which is busy"):
         run([job(1, 0, 1, 10)], bad, idle_timeout=60)
@@ -239,7 +239,7 @@ def test_the_policy_plans_in_a_simulation_as_the_plain_policy_does(cpus_per_node
     def spy(s: Snapshot) -> Plan:
         plan = live_policy.decide(s)
         plain = Snapshot(s.now, s.nodesets, tuple(s.nodes), s.jobs, s.resume_timeout)
-        calls.append(plan == plain_decide(plain) and plan == live_policy.decide(plain))
+        calls.append(per_node(plan) == per_node(plain_decide(plain)) and plan == live_policy.decide(plain))
         return plan
 
     jobs = [dataclasses.replace(j, procs=j.procs * cpus_per_node) for j in random_jobs(300, seed=3)]

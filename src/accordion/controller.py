@@ -277,34 +277,35 @@ class Controller:
         states = {n.name: n.state for n in snap.nodes}
         release: dict[str, list[str]] = {}
         for stop in plan.stop:
-            op = self.ops.get(stop.node)
-            sn = view.nodes.get(stop.node)
-            if op is not None or states[stop.node] == NodeState.STARTING:
-                # Never registered, so nothing runs on it.
-                self._take_out(stop.node, stop.reason, failed=stop.failed)
-            elif sn is not None and sn.state not in (SchedState.IDLE, SchedState.BUSY):
-                continue  # unresponsive or leaving: the scheduler decides first
-            else:
-                release.setdefault(stop.reason, []).append(stop.node)
-                self.events.emit("draining", stop.node, stop.nodeset, stop.reason)
-            if self.metrics:
-                self.metrics.scale_downs.labels(self.config.name, stop.nodeset, reason_kind(stop.reason)).inc()
+            for node in stop.nodes:
+                op = self.ops.get(node)
+                sn = view.nodes.get(node)
+                if op is not None or states[node] == NodeState.STARTING:
+                    # Never registered, so nothing runs on it.
+                    self._take_out(node, stop.reason, failed=stop.failed)
+                elif sn is not None and sn.state not in (SchedState.IDLE, SchedState.BUSY):
+                    continue  # unresponsive or leaving: the scheduler decides first
+                else:
+                    release.setdefault(stop.reason, []).append(node)
+                    self.events.emit("draining", node, stop.nodeset, stop.reason)
+                if self.metrics:
+                    self.metrics.scale_downs.labels(self.config.name, stop.nodeset, reason_kind(stop.reason)).inc()
         self._flush()
         for reason, names in release.items():
             self.scheduler.release(names, reason)
         booting = sum(1 for n in snap.nodes if n.state == NodeState.STARTING)
-        starts = plan.start[: max(0, self.max_booting - booting)]
+        starts = [(node, start) for start in plan.start for node in start.nodes][: max(0, self.max_booting - booting)]
         # A few nodes started for waiting jobs (a cold start) each ask for a pass once up; in a burst the
         # tries would cost more CPU than they save (each node's registration waits its turn then), and
         # the loop's own nudges and every job's end already bring passes.
         few = booting + len(starts) <= START_NUDGES
         wanted = {ns for j in snap.jobs if j.waiting for ns in j.candidates} if few else set()
-        for start in starts:
-            self.events.emit("requested", start.node, start.nodeset, start.reason)
-            self.requested_at[start.node] = snap.now
+        for node, start in starts:
+            self.events.emit("requested", node, start.nodeset, start.reason)
+            self.requested_at[node] = snap.now
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
-            self._submit(start.node, "start", nudge=start.nodeset in wanted)
+            self._submit(node, "start", nudge=start.nodeset in wanted)
 
     def _nudge(self, snap: Snapshot) -> None:
         """A job waits and an idle node of its node sets has room: ask the scheduler for a pass now rather

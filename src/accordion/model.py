@@ -10,8 +10,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
+from itertools import groupby
+from operator import attrgetter
 
 _INDEX = re.compile(r"(\d+)$")
+_since = attrgetter("since")
 
 
 @lru_cache(maxsize=1 << 16)  # the simulator's policies order the same job ids hundreds of thousands of times
@@ -131,20 +134,31 @@ class NodeSetSpec:
 
 
 @dataclass(frozen=True)
+class IdleRun:
+    """Idle nodes of one node set idle since the same time (gone idle together), by name."""
+
+    since: float
+    names: Sequence[str]  # name order
+
+
+@dataclass(frozen=True)
 class NodeSetNodes:
     """One node set's nodes by state, in the orders the policy uses them. Held and failed nodes are in none
     of these: they are neither capacity nor startable. Sequences, not necessarily tuples: the simulator
     passes views that build a `Node` only when the policy reads it, so that the thousands of nodes of a large
-    machine that the policy only counts cost nothing per call."""
+    machine that the policy only counts cost nothing per call. Absent nodes and idle nodes past a timeout are
+    given by name: names are all the policy reads of them, and on a large machine it starts and stops
+    millions of them."""
 
     starting: Sequence[Node] = ()  # name order
     idle: Sequence[Node] = ()  # name order
     busy: Sequence[Node] = ()  # busy and unresponsive: in service, not removable; name order
     partly_free: Sequence[Node] = ()  # the busy nodes with CPUs left, name order
-    absent: Sequence[Node] = ()  # longest absent first, ties in name order: a name just removed is reused last
+    absent: Sequence[str] = ()  # names, longest absent first, ties in name order: a name just removed is reused last
     draining: int = 0
-    # The idle nodes again, longest idle first, ties in name order: those past an idle timeout come first.
-    idle_longest: Sequence[Node] = ()
+    # The idle nodes again, in runs idle since the same time, longest idle first: those past an idle timeout
+    # come first, and a run's nodes share their reason to go.
+    idle_runs: Sequence[IdleRun] = ()
 
 
 NO_NODES = NodeSetNodes()
@@ -163,9 +177,9 @@ def index_nodes(nodes: Iterable[Node]) -> dict[str, NodeSetNodes]:
             idle=idle,
             busy=busy,
             partly_free=tuple(n for n in busy if n.state == NodeState.BUSY and n.free_cpus > 0),
-            absent=tuple(sorted((n for n in mine if n.state == NodeState.ABSENT), key=lambda n: n.since)),
+            absent=tuple(n.name for n in sorted((n for n in mine if n.state == NodeState.ABSENT), key=lambda n: n.since)),
             draining=sum(1 for n in mine if n.state == NodeState.DRAINING),
-            idle_longest=tuple(sorted(idle, key=lambda n: n.since)),
+            idle_runs=tuple(IdleRun(t, tuple(n.name for n in run)) for t, run in groupby(sorted(idle, key=_since), key=_since)),
         )
     return out
 
@@ -192,19 +206,23 @@ class Snapshot:
         return self.index.get(nodeset, NO_NODES)
 
 
+# A plan names nodes in runs, one for each reason (a job's nodes, a run of nodes idle since the same time): a
+# large machine starts and stops thousands of nodes at once (README, "Speed"). A run is never empty.
+
+
 @dataclass(frozen=True)
 class Start:
-    node: str
+    nodes: tuple[str, ...]  # in the order they are to start
     nodeset: str
     reason: str
 
 
 @dataclass(frozen=True)
 class Stop:
-    node: str
+    nodes: tuple[str, ...]
     nodeset: str
     reason: str
-    failed: bool = False  # the node is given up on (did not register in time)
+    failed: bool = False  # the nodes are given up on (did not register in time)
 
 
 @dataclass

@@ -14,6 +14,8 @@ the scheduler places meanwhile is never killed.
 
 The snapshot gives each node set's nodes by state, in the order they are used (`model.NodeSetNodes`): the
 simulator keeps that index as its nodes change, so the policy neither groups nor sorts nodes on each call.
+Absent nodes come by name, and idle ones also in runs idle since the same time: a run past the idle timeout
+goes with one reason.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from itertools import islice, takewhile
 from operator import attrgetter, lt
 
-from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop, node_order
+from accordion.model import IdleRun, Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot, Start, Stop, node_order
 
 _submit_time = attrgetter("submit_time")
 
@@ -107,14 +109,14 @@ def _what(s: Shape) -> str:
     return f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
 
 
-def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[Node], room: int) -> tuple[int, list[Start]] | None:
+def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int) -> tuple[int, list[Start]] | None:
     """`_fit` when every slot is one of `free` whole free nodes and no job names nodes: then each job takes
     whole free nodes from the front and new nodes from the front of `absent`, and counting them is enough
     (on a large machine, thousands of nodes are never looked at). How many of the free nodes jobs were
     fitted onto (the first ones), and the starts; None if a job names nodes or would leave room on a node
     (then the slots differ, and `_fit` tells them apart)."""
-    taken = 0
-    reasons: list[str] = []
+    taken = started = 0
+    starts: list[Start] = []
     for job in waiting:
         if job.required or job.excluded:
             return None
@@ -125,13 +127,15 @@ def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequenc
             return None
         for _ in range(job.count):
             new = s.nodes - min(s.nodes, free - taken)
-            if new > room - len(reasons):
+            if new > room - started:
                 break  # the job's other copies have the same shape: they do not fit either
             taken += s.nodes - new
-            reasons += [f"job {job.id} needs {_what(s)}"] * new
-        if len(reasons) >= room and taken == free:
+            if new:
+                starts.append(Start(tuple(absent[started : started + new]), spec.name, f"job {job.id} needs {_what(s)}"))
+                started += new
+        if started >= room and taken == free:
             break  # nothing more can fit: long queues on full clusters stay cheap
-    return taken, [Start(n.name, spec.name, reason) for n, reason in zip(absent, reasons)]
+    return taken, starts
 
 
 def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int) -> tuple[set[str], list[Start]]:
@@ -144,6 +148,7 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
     fresh = list(fresh)
     wanted: set[str] = set()
     starts: list[Start] = []
+    started = 0
     # How many slots can take a shape, until a job takes some: most waiting jobs of a long queue fit
     # nowhere, and this tells so without looking at every slot for each of them.
     takers: dict[tuple[int, int], int] = {}
@@ -152,7 +157,7 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
         if s is None:
             continue  # can never run here
         for _ in range(job.count):
-            left = room - len(starts)
+            left = room - started
             if (s.cpus, s.mem) not in takers:
                 takers[s.cpus, s.mem] = sum(1 for slot in slots if slot.takes(s))
             placed = _place(job, s, slots, fresh, left) if takers[s.cpus, s.mem] + left >= s.nodes else None
@@ -164,12 +169,13 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
                 slot.cpus -= s.cpus
                 slot.mem -= s.mem
                 wanted.add(slot.name)
-            what = _what(s)
             for name in new:
                 fresh.remove(name)
                 slots.append(_Slot(name, spec.cpus - s.cpus, (spec.memory_mb - s.mem) if spec.memory_mb else 0))
-                starts.append(Start(name, spec.name, f"job {job.id} needs {what}"))
-        if room - len(starts) <= 0 and not any(slot.cpus > 0 for slot in slots):
+            if new:
+                starts.append(Start(tuple(new), spec.name, f"job {job.id} needs {_what(s)}"))
+                started += len(new)
+        if room - started <= 0 and not any(slot.cpus > 0 for slot in slots):
             break  # nothing more can fit: long queues on full clusters stay cheap
     return wanted, starts
 
@@ -192,7 +198,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
         s, g = shape(job, specs[name]), snapshot.of(name)
         assert s is not None
         active = len(g.starting) + len(g.idle) + len(g.busy)
-        startable = sum(1 for n in g.absent if n.name not in excluded)
+        startable = sum(1 for n in g.absent if n not in excluded)
         up = [n for n in [*g.idle, *g.starting] if n.name not in excluded]
         if s.nodes <= len(up) + min(startable, specs[name].max_nodes - active):
             return name
@@ -203,25 +209,28 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     """Add one node set's starts and stops to the plan. The snapshot gives its nodes by state, each in the
     order used here (`NodeSetNodes`), so nothing is sorted but the jobs."""
     name, now = spec.name, snapshot.now
-    starting = []
+    starting: list[Node] = []
+    late: list[str] = []
     resume_timeout = snapshot.resume_timeout
     for n in g.starting:
         if now - n.since > resume_timeout:
-            plan.stop.append(Stop(n.name, name, f"did not register within {resume_timeout:.0f} s", failed=True))
+            late.append(n.name)
         else:
             starting.append(n)
+    if late:
+        plan.stop.append(Stop(tuple(late), name, f"did not register within {resume_timeout:.0f} s", failed=True))
     idle = g.idle
     active = len(starting) + len(idle) + len(g.busy)
 
     if spec.pinned is not None:
         target = max(0, min(spec.pinned, spec.max_nodes))
         reason = f"scaled to {target} by hand"
-        if active < target:
-            plan.start += [Start(n.name, name, reason) for n in g.absent[: target - active]]
+        if active < target and g.absent:
+            plan.start.append(Start(tuple(g.absent[: target - active]), name, reason))
         elif active > target:
             longest_idle = sorted(idle, key=lambda n: n.since)
-            for n in (longest_idle + starting[::-1] + list(g.busy[::-1]))[: active - target]:
-                plan.stop.append(Stop(n.name, name, reason))
+            gone = (longest_idle + starting[::-1] + list(g.busy[::-1]))[: active - target]
+            plan.stop.append(Stop(tuple(n.name for n in gone), name, reason))
         return
 
     room = min(spec.max_nodes - active, len(g.absent))
@@ -234,12 +243,13 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     if counted is not None:
         whole, starts = counted
     elif waiting:
-        wanted, starts = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], [n.name for n in g.absent], room)
-    missing = spec.min_nodes - active - len(starts)
+        wanted, starts = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room)
+    missing = spec.min_nodes - active - sum(len(s.nodes) for s in starts)
     if missing > 0:
-        taken = {s.node for s in starts}
-        more = islice((n for n in g.absent if n.name not in taken), missing)
-        starts += [Start(n.name, name, f"min_nodes is {spec.min_nodes}") for n in more]
+        taken = {n for s in starts for n in s.nodes}
+        more = tuple(islice((n for n in g.absent if n not in taken), missing))
+        if more:
+            starts.append(Start(more, name, f"min_nodes is {spec.min_nodes}"))
     plan.start += starts
 
     # An idle node no waiting job was fitted onto goes after the idle timeout, even while a job waits for busy
@@ -247,15 +257,18 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     # 2-8 % more node-hours than Slurm's power saving and longer waits (README, "Policies compared").
     # Only the nodes past the timeout are looked at (longest idle first), and none if jobs were fitted onto
     # every idle node: a long wait for busy nodes to free up costs nothing per call.
-    removable: list[Node] = []
+    removable: list[tuple[IdleRun, list[str]]] = []  # runs past the timeout, their nodes no job was fitted onto
     if whole < len(idle):
-        expired = list(takewhile(lambda n: now - n.since >= spec.idle_timeout, g.idle_longest))
+        expired = list(takewhile(lambda run: now - run.since >= spec.idle_timeout, g.idle_runs))
         if expired and whole:
             wanted = {n.name for n in idle[:whole]}
-        removable = [n for n in expired if n.name not in wanted]
-    keep = max(0, spec.min_nodes - (active - len(removable)))
-    for n in removable[: max(0, len(removable) - keep)]:
-        plan.stop.append(Stop(n.name, name, f"idle {now - n.since:.0f} s"))
+        removable = [(run, [n for n in run.names if n not in wanted]) for run in expired]
+    count = sum(len(names) for _, names in removable)
+    left = count - max(0, spec.min_nodes - (active - count))  # the longest idle go, down to min_nodes
+    for run, names in removable:
+        if left > 0 and names:
+            plan.stop.append(Stop(tuple(names[:left]), name, f"idle {now - run.since:.0f} s"))
+        left -= len(names)
 
 
 def decide(snapshot: Snapshot) -> Plan:

@@ -21,9 +21,9 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, count, islice, repeat
 from operator import eq, le
-from typing import NamedTuple, overload
+from typing import NamedTuple, TypeVar, overload
 
-from accordion.model import Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot
+from accordion.model import IdleRun, Job, Node, NodeSetNodes, NodeSetSpec, NodeState, Plan, Snapshot
 from accordion.simulator.traces import TraceJob
 
 Policy = Callable[[Snapshot], Plan]
@@ -31,6 +31,7 @@ NODESET = "sim"
 
 ABSENT, STARTING, IDLE, BUSY, DRAINING = (NodeState.ABSENT, NodeState.STARTING, NodeState.IDLE, NodeState.BUSY, NodeState.DRAINING)
 _END, _READY, _GONE, _WAKE = range(4)
+T = TypeVar("T")
 
 
 class SimulationError(RuntimeError):
@@ -78,15 +79,15 @@ class Run:
     timeline: tuple[array, array, array, array]
 
 
-class _Nodes(Sequence[Node]):
-    """Some of the engine's nodes as the policy reads them: a `Node` is built only when the policy looks at
-    that node, and once per state the node enters. The policy counts most nodes of a large machine (busy
-    ones, idle ones a job was fitted onto) and names few: building them all on every call was most of its
-    cost (README, "Speed"). Made once, they show the engine's nodes as they are: a policy must not keep
-    them past its call."""
+class _Nodes(Sequence[T]):
+    """Some of the engine's nodes as the policy reads them: a `Node` (or a name) is built only when the policy
+    looks at that node, and a `Node` once per state the node enters. The policy counts most nodes of a large
+    machine (busy ones, idle ones a job was fitted onto) and names few: building them all on every call was
+    most of its cost (README, "Speed"). Made once, they show the engine's nodes as they are: a policy must not
+    keep them past its call."""
 
-    def __init__(self, node: Callable[[int], Node], xs: Collection[int]) -> None:
-        self.node, self.xs = node, xs
+    def __init__(self, read: Callable[[int], T], xs: Collection[int]) -> None:
+        self.read, self.xs = read, xs
 
     @property
     def ordered(self) -> Sequence[int]:
@@ -100,17 +101,18 @@ class _Nodes(Sequence[Node]):
         return len(self.xs)
 
     @overload
-    def __getitem__(self, i: int) -> Node: ...
+    def __getitem__(self, i: int) -> T: ...
     @overload
-    def __getitem__(self, i: slice) -> Sequence[Node]: ...
-    def __getitem__(self, i: int | slice) -> Node | Sequence[Node]:
+    def __getitem__(self, i: slice) -> Sequence[T]: ...
+    def __getitem__(self, i: int | slice) -> T | Sequence[T]:
         if isinstance(i, slice):
-            return tuple(map(self.node, self.ordered[i]))
-        return self.node(self.ordered[i])
+            return tuple(map(self.read, self.ordered[i]))
+        return self.read(self.ordered[i])
 
-    def __iter__(self) -> Iterator[Node]:
-        # A dict is read from its start, not listed: the policy reads the longest idle nodes only.
-        return map(self.node, self.ordered if isinstance(self.xs, set) else self.xs)
+    def __iter__(self) -> Iterator[T]:
+        # A dict is read from its start, not listed: the policy reads a run of idle nodes only if it is past
+        # the idle timeout.
+        return map(self.read, self.ordered if isinstance(self.xs, set) else self.xs)
 
     def __eq__(self, other: object) -> bool:
         """Equal to the same nodes in the same order, as in the tuples of an index a snapshot builds itself."""
@@ -119,15 +121,41 @@ class _Nodes(Sequence[Node]):
     __hash__ = None  # type: ignore[assignment]
 
 
+class _Runs(Sequence[IdleRun]):
+    """The idle nodes in runs idle since the same time, longest idle first, as the policy reads them: a run
+    and its names are made only when the policy reads it (those past the idle timeout, and one more)."""
+
+    def __init__(self, name: Callable[[int], str], runs: dict[float, dict[int, None]]) -> None:
+        self.name, self.runs = name, runs
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    @overload
+    def __getitem__(self, i: int) -> IdleRun: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[IdleRun]: ...
+    def __getitem__(self, i: int | slice) -> IdleRun | Sequence[IdleRun]:
+        return tuple(self)[i]
+
+    def __iter__(self) -> Iterator[IdleRun]:
+        return (IdleRun(t, _Nodes(self.name, xs)) for t, xs in self.runs.items())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class _Views(NamedTuple):
     """The engine's nodes by state as the policy reads them, made once."""
 
-    starting: _Nodes
-    idle: _Nodes
-    busy: _Nodes
-    absent: _Nodes
-    idle_longest: _Nodes
-    every: _Nodes
+    starting: _Nodes[Node]
+    idle: _Nodes[Node]
+    busy: _Nodes[Node]
+    absent: _Nodes[str]
+    idle_runs: _Runs
+    every: _Nodes[Node]
 
 
 def _after(t: float, delay: float) -> float:
@@ -185,15 +213,18 @@ class Simulation:
         # The nodes by state, kept as they change (in place: `views` shows them), in the orders the policy reads
         # them (model.NodeSetNodes): snapshots are views of these, and look at no node the policy does not read.
         self.idle: list[int] = []  # sorted: jobs take the lowest-numbered idle nodes, as Slurm picks them
-        # The idle nodes longest idle first, ties in name order: a dict keeps that order and forgets a node
-        # that leaves in O(1) (jobs take idle nodes by name, not by age).
-        self.idle_longest: dict[int, None] = {}
+        # The idle nodes in runs idle since the same time, longest idle first, each in name order: dicts keep
+        # those orders and forget a node that leaves in O(1) (jobs take idle nodes by name, not by age).
+        self.idle_runs: dict[float, dict[int, None]] = {}
         self.starting: set[int] = set()
         self.in_use: set[int] = set()  # busy: only counted, unless a policy reads them (then sorted)
         self.absent: list[int] = list(range(n))  # longest absent first, ties in name (index) order
         self.draining = 0
-        kept = (self.starting, self.idle, self.in_use, self.absent, self.idle_longest, range(n))
-        self.views = _Views(*(_Nodes(self.node, xs) for xs in kept))
+        named = self.names.__getitem__
+        self.views = _Views(
+            _Nodes(self.node, self.starting), _Nodes(self.node, self.idle), _Nodes(self.node, self.in_use),
+            _Nodes(named, self.absent), _Runs(named, self.idle_runs), _Nodes(self.node, range(n)),
+        )
         self.leaving: tuple[list[int], list[int]] = ([], [])  # nodes removed in this step and their gens
         # Idle timeouts in the order they expire (nodes go idle in time order), one per batch of nodes gone
         # idle together: (when, nodes, their gens). Only the earliest is an event.
@@ -254,13 +285,9 @@ class Simulation:
 
     def _idle(self, xs: list[int], t: float, was: set[int]) -> None:
         """Nodes xs (in increasing order, busy or starting: `was` is that set) become idle at t."""
-        gen, state, since, job_on, longest = self.gen, self.state, self.since, self.job_on, self.idle_longest
-        tied = []  # nodes idle since t already: they and xs go last, in name order
-        while longest and since[last := next(reversed(longest))] == t:
-            longest.popitem()
-            tied.append(last)
-        for x in sorted(tied + xs) if tied else xs:
-            longest[x] = None
+        gen, state, since, job_on, runs = self.gen, self.state, self.since, self.job_on, self.idle_runs
+        tied = runs.get(t)  # nodes idle since t already (the last run): they and xs are one run, in name order
+        runs[t] = dict.fromkeys(sorted([*tied, *xs]) if tied else xs)
         for x in xs:
             gen[x] += 1
             state[x] = IDLE
@@ -311,9 +338,12 @@ class Simulation:
         not a search for each."""
         out = set(xs)
         self.idle[:] = [x for x in self.idle if x not in out]
-        gen, state, since, longest = self.gen, self.state, self.since, self.idle_longest
+        gen, state, since, runs = self.gen, self.state, self.since, self.idle_runs
         for x in xs:
-            del longest[x]
+            run = runs[since[x]]
+            del run[x]
+            if not run:
+                del runs[since[x]]
             gen[x] += 1
             state[x] = DRAINING
             since[x] = t
@@ -351,13 +381,16 @@ class Simulation:
         k, idle = self.k[j], self.idle
         got = idle[:k]
         del idle[:k]
-        gen, state, since, job_on, longest = self.gen, self.state, self.since, self.job_on, self.idle_longest
+        gen, state, since, job_on, runs = self.gen, self.state, self.since, self.job_on, self.idle_runs
         for x in got:
+            run = runs[since[x]]
+            del run[x]
+            if not run:
+                del runs[since[x]]
             gen[x] += 1
             state[x] = BUSY
             since[x] = t
             job_on[x] = j
-            del longest[x]
         self.in_use.update(got)
         self.busy += k
         self.running[j] = got
@@ -437,34 +470,34 @@ class Simulation:
     def _decide(self, t: float) -> None:
         jobs = tuple(map(self.job_objs.__getitem__, self.queue))
         v = self.views
-        index = NodeSetNodes(v.starting, v.idle, v.busy, (), v.absent, self.draining, v.idle_longest)  # no node partly free
+        index = NodeSetNodes(v.starting, v.idle, v.busy, (), v.absent, self.draining, v.idle_runs)  # no node partly free
         plan = self.policy(Snapshot(t, (self.spec,), v.every, jobs, self.resume_timeout, {NODESET: index}))  # type: ignore[arg-type]
         self.calls += 1
-        state = self.state
+        state, number = self.state, self.index.__getitem__
         idle = []
         for stop in plan.stop:
-            x = self.index[stop.node]
-            s = state[x]
-            if s is ABSENT or s is DRAINING:
-                continue
-            if s is IDLE:
-                idle.append(x)
-            elif s is STARTING:
-                self._remove(x, t)
-            elif stop.failed:
-                # The controller deletes such a node at once: its job dies with it.
-                j = self.job_on[x]
-                self.killed += 1
-                self.busy -= 1
-                self._remove(x, t)
-                self._release(j, t)
-            else:
-                self._drain(x, t)
-                self.usable[self.job_on[x]] -= 1
+            for x in map(number, stop.nodes):
+                s = state[x]
+                if s is ABSENT or s is DRAINING:
+                    continue
+                if s is IDLE:
+                    idle.append(x)
+                elif s is STARTING:
+                    self._remove(x, t)
+                elif stop.failed:
+                    # The controller deletes such a node at once: its job dies with it.
+                    j = self.job_on[x]
+                    self.killed += 1
+                    self.busy -= 1
+                    self._remove(x, t)
+                    self._release(j, t)
+                else:
+                    self._drain(x, t)
+                    self.usable[self.job_on[x]] -= 1
         if idle:
             self._remove_idle(idle, t)
         self._left(t)
-        xs = [self.index[start.node] for start in plan.start]
+        xs = [x for start in plan.start for x in map(number, start.nodes)]
         gen, since = self.gen, self.since
         for x in xs:
             if state[x] is not ABSENT:  # a node started twice in the plan is starting by its second time

@@ -37,12 +37,13 @@ def _stop_idle(
         key=lambda n: (n.since, node_order(n.name)),
     )
     count = max(0, min(len(expired), active - spec.min_nodes))
-    return [Stop(n.name, spec.name, f"idle {now - n.since:.0f} s") for n in expired[:count]]
+    return [Stop((n.name,), spec.name, f"idle {now - n.since:.0f} s") for n in expired[:count]]
 
 
 def static(snapshot: Snapshot) -> Plan:
     """Every node always on: the cluster as bought."""
-    return Plan(start=[Start(n.name, spec.name, "static") for spec in snapshot.nodesets for n in snapshot.of(spec.name).absent])
+    absent = [(spec, tuple(snapshot.of(spec.name).absent)) for spec in snapshot.nodesets]
+    return Plan(start=[Start(names, spec.name, "static") for spec, names in absent if names])
 
 
 class CHSC:
@@ -64,8 +65,8 @@ class CHSC:
             ids = set(map(_id, waiting))
             if ids - self.seen:  # set operations: queues grow long under this policy
                 new = fcfs([j for j in waiting if j.id not in self.seen])
-                absent = by_name(g.absent)[: len(new)]
-                plan.start += [Start(n.name, spec.name, f"job {j.id} waits") for n, j in zip(absent, new)]
+                absent = sorted(g.absent, key=node_order)[: len(new)]
+                plan.start += [Start((n,), spec.name, f"job {j.id} waits") for n, j in zip(absent, new)]
             plan.stop += _stop_idle(spec, len(g.starting) + len(g.idle) + len(g.busy), g.idle, snapshot.now)
             waiting_now |= ids
         self.seen = waiting_now  # a job that stopped waiting never waits again
@@ -95,8 +96,9 @@ def powersave(snapshot: Snapshot) -> Plan:
             allocated.update(n.name for n in taken)
             more = job.nodes - len(taken)
             if more and not in_order:
-                absent, in_order = by_name(absent), True
-            plan.start += [Start(n.name, spec.name, f"job {job.id} allocated") for n in absent[:more]]
+                absent, in_order = sorted(absent, key=node_order), True
+            if more:
+                plan.start.append(Start(tuple(absent[:more]), spec.name, f"job {job.id} allocated"))
             absent = absent[more:]
         plan.stop += _stop_idle(spec, len(g.starting) + len(g.idle) + len(g.busy), g.idle, snapshot.now, allocated)
     return plan
