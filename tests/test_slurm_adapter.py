@@ -141,11 +141,10 @@ def test_a_node_under_the_nudges_empty_job_is_not_busy():
 
 
 def test_a_nudge_waits_for_a_node_that_has_not_registered_yet(tmp_path, monkeypatch):
-    """Right after its container starts, a node has not registered: salloc is refused with "Required node not
-    available" and the nudge tries again a few times, briefly; any other refusal (the node took the waiting
-    job) ends it."""
+    """Right after its container starts, a node has not registered: salloc would be refused, and each refusal
+    stays in the accounting as a FAILED job. The nudge looks at the node a few times, briefly, and allocates it
+    only once it is idle; a node never in service in that time, or one that took a job, is left alone."""
     from accordion.schedulers import slurm
-    from accordion.sh import CommandError
 
     monkeypatch.setenv("ACCORDION_STATE", str(tmp_path))
     c = ClusterConfig.model_validate({"name": "t", "nodesets": [{"name": "c", "max_nodes": 2}]})
@@ -153,24 +152,23 @@ def test_a_nudge_waits_for_a_node_that_has_not_registered_yet(tmp_path, monkeypa
     sched = slurm.SlurmScheduler(c, paths, LocalProvider(c, paths))
     monkeypatch.setattr(slurm, "NUDGE_WAITS", (0.0, 0.0, 0.0))
     calls: list[str] = []
-    refusals: list[str] = []
+    states: list[str] = []
 
     def cmd(argv, timeout=20, check=True):
         calls.append(argv[0])
-        if argv[0] == "salloc" and refusals:
-            raise CommandError(argv, 1, refusals.pop(0))
+        if argv[0] == "scontrol":
+            return f"NodeName=c-0 CPUTot=2 CPUAlloc=0 State={states.pop(0)} Reason=x"
         return ""
 
     monkeypatch.setattr(sched, "_cmd", cmd)
-    down = "salloc: error: Job submit/allocate failed: Required node not available (down, drained or reserved)"
-    refusals[:] = [down, down]
+    states[:] = ["DOWN", "DOWN*", "IDLE"]
     sched.nudge(["c-0"])
-    assert calls == ["salloc", "salloc", "salloc"]
+    assert calls == ["scontrol"] * 3 + ["salloc"]
     calls.clear()
-    refusals[:] = [down] * 10
+    states[:] = ["DOWN"] * 10
     sched.nudge(["c-0"])
-    assert calls == ["salloc"] * 4  # bounded: never registered
+    assert calls == ["scontrol"] * 4  # bounded: never registered, and no salloc refused
     calls.clear()
-    refusals[:] = ["salloc: error: Unable to allocate resources: Requested nodes are busy", down]
+    states[:] = ["ALLOCATED"]
     sched.nudge(["c-0"])
-    assert calls == ["salloc"]
+    assert calls == ["scontrol"]

@@ -78,9 +78,9 @@ NUDGE_PARTITION = "accordion-nudge"
 # How long after a nudge its node is read as not busy for the nudge's empty job: the job is cancelled at once
 # and its epilog ends within tens of milliseconds, seconds on a loaded machine.
 NUDGE_GRACE = 5.0
-# Waits between the tries of a nudge aimed at a node that has not registered yet (the controller nudges right
-# after starting a few nodes for waiting jobs, and runc returns 20-60 ms before slurmd registers): 0.3 s in
-# all, at most eight refused salloc calls (~5 ms of CPU each) per node started.
+# Waits between the looks of a nudge at a node that has not registered yet (the controller nudges right after
+# starting a few nodes for waiting jobs, and runc returns 20-60 ms before slurmd registers): 0.3 s in all, at
+# most eight `scontrol show node` (~5 ms of CPU each) per node started.
 NUDGE_WAITS = (0.01, 0.01, 0.02, 0.02, 0.04, 0.08, 0.12)
 
 
@@ -574,20 +574,23 @@ class SlurmScheduler:
         runs `true` and ends the job), and its epilog's end starts the waiting jobs ~0.05 s later instead of
         0-1 s (README, "What a cold start waits for"). That node, not any idle one: the empty job resets the
         node's LastBusyTime, which is where its idle timeout counts from, and a job wants this one."""
-        with self._nudged_lock:
-            self._nudged[idle[0]] = time.monotonic()
+        node = idle[0]
         for wait in (*NUDGE_WAITS, None):
-            try:
-                self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", idle[0], "-t", "1", "--immediate=1",
-                           "-J", NUDGE_PARTITION, "--quiet", "true"], timeout=10)
+            # A node just started has not registered yet; it does within tens of milliseconds. Asked of such a
+            # node, salloc would be refused, and each refusal stays in the accounting as a FAILED job.
+            state = node_view(parse_scontrol_oneliner(self._cmd(["scontrol", "show", "node", "-o", node]))).state
+            if state == SchedState.IDLE:
                 break
-            except CommandError as exc:
-                # A node just started has not registered yet ("Required node not available (down, drained or
-                # reserved)"): it does within tens of milliseconds. Any other refusal ends it: the node took a
-                # job meanwhile, which is what the nudge was for.
-                if wait is None or "not available" not in exc.stderr:
-                    break
-                time.sleep(wait)
+            if state == SchedState.BUSY:
+                return 0.0  # it took a job meanwhile: what the nudge was for
+            if wait is None:
+                return 0.0  # not in service yet: the loop nudges once it sees the node idle
+            time.sleep(wait)
+        with self._nudged_lock:
+            self._nudged[node] = time.monotonic()
+        # Not granted (check=False): the node took a job meanwhile, which is what the nudge was for.
+        self._cmd(["salloc", "-p", NUDGE_PARTITION, "-w", node, "-t", "1", "--immediate=1", "-J", NUDGE_PARTITION,
+                   "--quiet", "true"], timeout=10, check=False)
         return 0.0
 
     def release(self, nodes: list[str], reason: str) -> None:
