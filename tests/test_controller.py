@@ -420,21 +420,26 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
 
 def test_a_nudge_too_soon_for_the_scheduler_is_asked_again_when_it_can_be_taken(tmp_path, monkeypatch):
     """OAR takes at most one pass per second: its nudge says how long until then, and the controller asks
-    again at that time, without counting the early call as one of the round's nudges."""
-    monkeypatch.setattr("accordion.controller.NUDGE_INTERVAL", 60.0)
+    again at that time (the early call counts as one of the round's nudges: a scheduler that is always
+    busy is not asked for ever)."""
+    monkeypatch.setattr("accordion.controller.NUDGE_INTERVAL", 0.3)
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
-    answers = [0.2, 0.0]
+    answers = [0.2, 0.0, 0.01, 0.01, 0.01]
     calls: list[float] = []
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
     step(ctl)  # starts c-0
     sched.nudge = lambda idle: (calls.append(time.monotonic()), answers.pop(0) if answers else 0.0)[1]
     step(ctl)  # c-0 idle beside job 1: asked, too soon
     step(ctl)  # not yet
-    assert len(calls) == 1 and ctl._nudges_left == 3
+    assert len(calls) == 1
     time.sleep(0.25)
-    step(ctl)  # now: taken, and counted
+    step(ctl)  # now: taken
     step(ctl)  # the next one is NUDGE_INTERVAL away
-    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2 and ctl._nudges_left == 2
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2
+    for _ in range(6):
+        time.sleep(0.1)
+        step(ctl)
+    assert len(calls) == 3  # too soon again, and the round's three are spent
 
 
 def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, monkeypatch):

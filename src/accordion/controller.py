@@ -325,11 +325,10 @@ class Controller:
         now = time.monotonic()
         if self._nudges_left and now >= self._next_nudge:
             wait = self.scheduler.nudge(idle)
-            if wait > 0:
-                self._next_nudge = now + wait  # too soon for the scheduler: not counted, asked again then
-            else:
-                self._nudges_left -= 1
-                self._next_nudge = now + NUDGE_INTERVAL
+            # Too soon for the scheduler: asked again when it says. Counted all the same, so that a scheduler
+            # busy every second is not asked for ever.
+            self._nudges_left -= 1
+            self._next_nudge = now + (wait if wait > 0 else NUDGE_INTERVAL)
 
     def _start(self, node: str, nudge: bool) -> None:
         """Runs on the pool. `nudge`: jobs wait for this node set, so ask for a scheduling pass as soon as the

@@ -60,9 +60,8 @@ class Scheduler(Protocol):
         idle node (a few times, a second apart), with those idle nodes (name order), and on the start pool
         right after `node_started` of a node started for waiting jobs, with that node alone (which may not
         have registered yet: then the call does nothing useful and must not fail). Returns 0 once asked,
-        or how many seconds from now the scheduler would take a pass asked for (the controller asks then,
-        and the call did not count as one of its nudges). A no-op returning 0 where the scheduler offers
-        no such call."""
+        or how many seconds from now the scheduler would take a pass asked for (the controller asks again
+        then, as the next of its few nudges). A no-op returning 0 where the scheduler offers no such call."""
 
     def release(self, nodes: list[str], reason: str) -> None:
         """No new jobs on the nodes; `observe` reports each DRAINED once it is empty."""
