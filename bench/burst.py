@@ -53,6 +53,10 @@ def main() -> None:
     shared = Path("/srv/accordion") / name
     shared.chmod(0o1777)
     nodes_dir = Path("/run/accordion") / name / "nodes"
+
+    def node_dirs() -> list[Path]:
+        """The nodes' directories, not the one prepared for the next start (providers/local.py, PREPARED)."""
+        return [d for d in nodes_dir.iterdir() if not (d / "prepared").exists()] if nodes_dir.is_dir() else []
     events = Path("/var/lib/accordion") / name / "events.jsonl"
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from accordion.cluster import Cluster
@@ -94,7 +98,7 @@ def main() -> None:
 
         if args.thesis:
             mem = []
-            for node in sorted(nodes_dir.iterdir()):
+            for node in sorted(node_dirs()):
                 # cgroup v2, or v1's memory controller (this machine)
                 for f in (Path(f"/sys/fs/cgroup/accordion/{name}/{node.name}/memory.current"),
                           Path(f"/sys/fs/cgroup/memory/accordion/{name}/{node.name}/memory.usage_in_bytes")):
@@ -122,7 +126,7 @@ def main() -> None:
             sh("scancel --user=root")
         t_end = time.monotonic()
         wait("jobs ended", lambda: running() == 0)
-        wait(f"{n} -> 0 nodes", lambda: not any(nodes_dir.iterdir()))
+        wait(f"{n} -> 0 nodes", lambda: not node_dirs())
         total = time.monotonic() - t_end
         print(f"scale-down: {n} -> 0 nodes {total:.1f} s after the jobs ended, {max(0.0, total - args.idle_timeout):.1f} s "
               f"after the idle timeout ({args.idle_timeout:.0f} s; target <= 15 s)")

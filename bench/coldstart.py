@@ -1,12 +1,13 @@
 """Cold and warm start of a job on a live Accordion cluster (Slurm, OAR or Grid Engine).
 
-cold: no node exists when `sbatch` is called; warm: an idle node exists; scheduler alone: an idle node
+cold: no node runs when `sbatch` is called (with the local provider the next one is prepared: network,
+root and container made, nothing run in it; `--prepared 0` for none); warm: an idle node exists; scheduler alone: an idle node
 exists and the controller is paused (SIGSTOP), so the job waits for the scheduler's own pass, as on a
 fixed cluster without Accordion. The time is from just before `sbatch` runs to the first line of the job
 script running on its node (the job writes its own clock; nodes share the host's clock). Prints medians,
 p95 and the ratios of cold to warm and of cold to the scheduler alone.
 
-    python bench/coldstart.py [--scheduler slurm|oar|gridengine] [--runs 10] [--nodes 1] [--provider local|hosts [--hosts 3]]
+    python bench/coldstart.py [--scheduler slurm|oar|gridengine] [--runs 10] [--nodes 1] [--provider local|hosts [--hosts 3]] [--prepared N]
 
 With `--provider hosts`, the nodes run on hosts simulated on this machine (tests/live/hosts.py: a network
 namespace, mount namespace, state directory and `accordion agent` each), reached over mutual TLS and joined
@@ -41,12 +42,16 @@ def main() -> None:
     ap.add_argument("--scheduler", choices=["slurm", "oar", "gridengine"], default="slurm")
     ap.add_argument("--provider", choices=["local", "hosts"], default="local")
     ap.add_argument("--hosts", type=int, default=3, help="simulated hosts (--provider hosts)")
+    ap.add_argument("--prepared", type=int, default=None,
+                    help="controller.prepared_nodes (default: the cluster default, 1; 0: every cold start makes its node whole)")
     args = ap.parse_args()
 
     name = f"bench-{uuid.uuid4().hex[:4]}"
     cfg = Path(f"/tmp/{name}.yaml")
     ns = {"name": "compute", "name_base": "hpc-node", "max_nodes": max(2, args.nodes), "cpus": 2, "memory_mb": 512, "idle_timeout": 3600}
     cluster_file: dict[str, object] = {"name": name, "scheduler": args.scheduler, "nodesets": [ns]}
+    if args.prepared is not None:
+        cluster_file["controller"] = {"prepared_nodes": args.prepared}
     sim = None
     if args.provider == "hosts":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -103,7 +108,8 @@ def main() -> None:
     def node_count() -> int:
         if sim is not None:
             return sum(len(h.nodes()) for h in sim.hosts)
-        return len(list(nodes_dir.iterdir()) if nodes_dir.exists() else [])
+        # Not the node prepared for the next start (providers/local.py, PREPARED): nothing runs in it.
+        return sum(1 for d in nodes_dir.iterdir() if not (d / "prepared").exists()) if nodes_dir.exists() else 0
 
     def wait_nodes(count: int) -> None:
         deadline = time.monotonic() + 60
@@ -138,6 +144,7 @@ def main() -> None:
         cfg.unlink(missing_ok=True)
     cm, wm = percentile(cold, 0.5), percentile(warm, 0.5)
     where = f"{args.hosts} simulated hosts" if sim else "one machine"
+    where += "" if args.prepared is None else f", prepared_nodes {args.prepared}"
     print(f"\n{args.scheduler} on {where}, {args.nodes}-node job, {args.runs} runs each (submission -> job script running)")
     print(f"cold start: median {cm:.3f} s, p95 {percentile(cold, 0.95):.3f} s, min {min(cold):.3f} s, max {max(cold):.3f} s")
     print(f"warm start: median {wm:.3f} s, p95 {percentile(warm, 0.95):.3f} s, min {min(warm):.3f} s, max {max(warm):.3f} s")

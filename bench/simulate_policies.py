@@ -4,7 +4,7 @@ node-hours / ideal (what the jobs used), mean bounded slowdown / static's, node 
     .venv/bin/python bench/simulate_policies.py [--limit 0] [--policy static,powersave,accordion] [TRACE ...]
 
 Each trace runs on its own machine (header MaxNodes, MaxProcs // MaxNodes CPUs per node) with the default
-provisioning model (ClusterModel: node start 0.25 s, the measured cold start; stop 0.2 s). `static` comes first: the slowdown ratio needs it. The
+provisioning model (ClusterModel: node start 0.15 s, the measured cold start; stop 0.2 s). `static` comes first: the slowdown ratio needs it. The
 last column checks Accordion's goals against `powersave` (no more node-hours, slowdown or starts per job;
 node-hours <= 1.15 x ideal; slowdown <= 1.1 x static) and names the ones missed. `chsc` can be added, on
 cuts only: it leaves so many jobs waiting that its queue, and the run time, explode on whole traces.

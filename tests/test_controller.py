@@ -25,16 +25,33 @@ class FakeProvider:
         self.fail_create = False
         self.fail_list = False
         self.hang: threading.Event | None = None  # create blocks until it is set
+        self.prepares = False  # the tests of preparation turn it on
+        self.prepared: dict[str, NodeInfo] = {}
+        self.prepare_calls: list[str] = []
+        self.started_prepared: list[str] = []  # creates that found their node prepared
+        self.fail_prepare = False
+        self.hang_prepare: threading.Event | None = None
 
     def create(self, spec: NodeSpec) -> None:
         if self.hang is not None:
             self.hang.wait(10)
         if self.fail_create:
             raise RuntimeError("boom")
+        if self.prepared.pop(spec.name, None) is not None:
+            self.started_prepared.append(spec.name)
         self.nodes[spec.name] = NodeInfo(spec.name, True, self.clock())
+
+    def prepare(self, spec: NodeSpec) -> None:
+        self.prepare_calls.append(spec.name)
+        if self.hang_prepare is not None:
+            self.hang_prepare.wait(10)
+        if self.fail_prepare:
+            raise RuntimeError("no room")
+        self.prepared[spec.name] = NodeInfo(spec.name, False, self.clock(), prepared=True)
 
     def delete(self, name: str) -> None:
         self.nodes.pop(name, None)
+        self.prepared.pop(name, None)
 
     def setup(self) -> None:
         pass
@@ -57,7 +74,7 @@ class FakeProvider:
     def list(self):
         if self.fail_list:
             raise ProviderError("runc list: injected failure")
-        return dict(self.nodes)
+        return {**self.prepared, **self.nodes}
 
 
 class FakeScheduler:
@@ -498,3 +515,48 @@ def test_nodes_boot_a_bounded_number_at_a_time(tmp_path, monkeypatch):
     step(ctl)
     step(ctl)
     assert len(prov.nodes) == 10
+
+
+def test_the_next_node_is_prepared_and_a_cold_start_only_starts_it(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    prov.prepares = True
+    step(ctl)
+    step(ctl)
+    # The name the policy starts first (the longest absent), once: a prepared node is not prepared again.
+    assert set(prov.prepared) == {"c-0"} and prov.prepare_calls == ["c-0"] and prov.nodes == {}
+    assert {n.state.value for n in ctl.snapshot(sched.observe(), {}, now[0]).nodes} == {"absent"}  # not a node
+    sched.jobs = [Job("1", "c", 2, 1, False, 0.0)]
+    ctl.step()
+    assert ctl.ops["c-0"].kind == "start"
+    settle(ctl)
+    assert set(prov.nodes) == {"c-0", "c-1"} and prov.started_prepared == ["c-0"]
+    assert prov.prepare_calls == ["c-0"]  # nothing prepared while nodes start: a burst needs the machine
+    sched.jobs = []
+    step(ctl)  # registered: the next name is prepared
+    step(ctl)
+    assert set(prov.prepared) == {"c-2"} and prov.prepare_calls == ["c-0", "c-2"]
+
+
+def test_a_start_that_overtakes_a_preparation_waits_for_it(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    prov.prepares = True
+    prov.hang_prepare = threading.Event()
+    ctl.step()
+    assert ctl.ops["c-0"].kind == "prepare"
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    ctl.step()  # the policy starts c-0, absent while it is prepared
+    assert ctl.ops["c-0"].kind == "start" and prov.nodes == {}
+    prov.hang_prepare.set()
+    settle(ctl)
+    assert set(prov.nodes) == {"c-0"} and prov.started_prepared == ["c-0"] and prov.prepared == {}
+
+
+def test_a_prepared_name_no_longer_next_is_removed_and_a_failed_preparation_waits(tmp_path, monkeypatch):
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    prov.prepares = True
+    prov.prepared["c-2"] = NodeInfo("c-2", False, 0.0, prepared=True)  # as left by an earlier order
+    prov.fail_prepare = True
+    for _ in range(3):
+        step(ctl)
+    assert prov.prepared == {} and prov.prepare_calls == ["c-0"]  # tried once: not at every step
+    assert not any(kind == "failed" for kind, _ in kinds(paths))  # not a node: no failed start either

@@ -626,7 +626,7 @@ def simulate(
     nodes: Annotated[int | None, typer.Option(help="Max nodes (default: the trace header's MaxNodes).")] = None,
     cpus_per_node: Annotated[int | None, typer.Option(help="CPUs per node (default: MaxProcs // MaxNodes).")] = None,
     min_nodes: Annotated[int, typer.Option(help="Nodes elastic policies keep up.")] = 0,
-    boot_time: Annotated[float, typer.Option(help="Seconds from starting a node to running jobs on it (measured cold start).")] = 0.25,
+    boot_time: Annotated[float | None, typer.Option(help="Seconds from starting a node to running jobs on it (default: the measured cold start, 0.15 s).")] = None,
     stop_time: Annotated[float, typer.Option(help="Seconds a removed node takes to disappear.")] = 0.2,
     idle_timeout: Annotated[float | None, typer.Option(help="Idle seconds before the accordion policy removes a node (default 60, the live default).")] = None,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N jobs.")] = None,
@@ -658,7 +658,7 @@ def simulate(
         (nodes is None or nodes > 0, "--nodes must be positive"),
         (cpus_per_node is None or cpus_per_node > 0, "--cpus-per-node must be positive"),
         (min_nodes >= 0 and (nodes is None or min_nodes <= nodes), "--min-nodes must be between 0 and --nodes"),
-        (boot_time >= 0 and stop_time >= 0, "--boot-time and --stop-time cannot be negative"),
+        ((boot_time is None or boot_time >= 0) and stop_time >= 0, "--boot-time and --stop-time cannot be negative"),
         (idle_timeout is None or idle_timeout >= 0, "--idle-timeout cannot be negative"),
         (limit is None or limit > 0, "--limit must be positive"),
         (start_day >= 0 and (days is None or days > 0), "--start-day cannot be negative and --days must be positive"),
@@ -670,8 +670,9 @@ def simulate(
         raise fail(f"--report: directory {report.parent} does not exist", 2)
     try:
         with err.status(f"reading {trace}"):
+            given = {"boot_time": boot_time} if boot_time is not None else {}  # else ClusterModel's default
             work = prepare(trace, nodes, cpus_per_node, start_day, days, limit, skip_bad_lines,
-                           min_nodes=min_nodes, boot_time=boot_time, stop_time=stop_time)
+                           min_nodes=min_nodes, stop_time=stop_time, **given)
     except TraceError as exc:
         raise fail(str(exc)) from None
     if work.cluster.min_nodes > work.cluster.max_nodes:

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 from accordion import policy
@@ -39,13 +39,15 @@ START_NUDGES = 4  # nodes booting at most, for a start to nudge (see `_act`)
 # or drain, at most this often, counted from a step's end: a busy scheduler's files change many times a
 # second. The first change after a quiet spell is observed within `poll_interval`.
 STEP_INTERVAL = 0.1
+# A preparation that failed is not tried again before this (its cause, a full disk say, may last).
+PREPARE_RETRY = 30.0
 
 
 @dataclass
 class Op:
     """A node start or removal running on the worker pool: a start that hangs must not stop the loop."""
 
-    kind: str  # "start" or "remove"
+    kind: str  # "start", "remove" or "prepare"
     future: Future[None]
     abandoned: bool = False  # a start given up while it still ran: its node is removed once it returns
 
@@ -106,6 +108,7 @@ class Controller:
         self._nudge_key: object = None  # (waiting jobs, idle nodes) last nudged for
         self._nudges_left = 0
         self._next_nudge = 0.0
+        self._prepare_after = 0.0  # monotonic: no preparation before (one failed)
         self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="node")
         # Nodes booting at once (requested, not registered yet). The pool bounds the `create` calls, but a
         # created node's agent boots after `create` returns: 280 slurmd booting together on 2 cores took
@@ -126,7 +129,11 @@ class Controller:
                 continue
             del self.ops[name]
             error = op.future.exception()
-            if op.kind == "remove":
+            if op.kind == "prepare":
+                if error is not None:
+                    log.warning("could not prepare %s: %s; tried again in %.0f s", name, error, PREPARE_RETRY)
+                    self._prepare_after = time.monotonic() + PREPARE_RETRY
+            elif op.kind == "remove":
                 if error is not None:
                     # The container may remain: the next observation finds it and removes it again.
                     log.error("could not remove %s: %s", name, error)
@@ -140,8 +147,15 @@ class Controller:
         self._flush()
 
     def _submit(self, name: str, kind: str, *, nudge: bool = False) -> None:
-        future = self.pool.submit(self._start, name, nudge) if kind == "start" else self.pool.submit(self.provider.delete, name)
-        self.ops[name] = Op(kind, future)
+        """Run a start, removal or preparation of `name` on the pool, after the one in flight, if any (a
+        preparation the policy overtook: the start then finds the node prepared)."""
+        work: Callable[[], None] = {
+            "start": lambda: self._start(name, nudge),
+            "remove": lambda: self.provider.delete(name),
+            "prepare": lambda: self.provider.prepare(self.scheduler.node_spec(name)),
+        }[kind]
+        op = self.ops.get(name)
+        self.ops[name] = Op(kind, self.pool.submit(_after, op.future if op is not None else None, work))
 
     def _take_out(self, name: str, reason: str, kind: str = "removed", *, tell: bool = True, failed: bool = False) -> None:
         """The one way out for a node: its container is deleted on the pool (a start still running is
@@ -150,7 +164,7 @@ class Controller:
         which delays the name's next start (see `_state`). Only for nodes the scheduler runs nothing on, or
         whose jobs it has just been told are lost: a busy node leaves by draining first (`release`)."""
         op = self.ops.get(name)
-        if op is None:
+        if op is None or op.kind == "prepare":
             self._submit(name, "remove")
         elif op.kind == "start":
             op.abandoned = True
@@ -234,7 +248,7 @@ class Controller:
         op = self.ops.get(name)
         failure = self.failures.get(name)
         waiting = failure is not None and failure.count >= self.settings.max_start_failures and now < failure.retry
-        if op is not None:
+        if op is not None and op.kind != "prepare":  # a name being prepared is absent: the policy may start it
             if op.kind == "start" and not op.abandoned:
                 return NodeState.STARTING, self.requested_at.get(name, now), 0, 0
             # On its way out: neither used nor reused yet.
@@ -306,6 +320,25 @@ class Controller:
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
             self._submit(node, "start", nudge=start.nodeset in wanted)
+
+    def _prepare(self, snap: Snapshot, prepared: set[str]) -> None:
+        """Keep each node set's next `prepared_nodes` names (the absent ones the policy starts first) prepared
+        by the provider, so that a cold start only starts a container (README, "What a cold start waits
+        for"); a prepared name no longer among them is removed. Only while no node starts: preparing is
+        the same work as a start, and a burst needs the machine."""
+        if not self.provider.prepares:
+            return
+        want = {n for spec in snap.nodesets for n in snap.of(spec.name).absent[: self.settings.prepared_nodes]}
+        for name in sorted(prepared - want):
+            if name not in self.ops:
+                self._submit(name, "remove")
+        if time.monotonic() < self._prepare_after or any(op.kind == "start" for op in self.ops.values()):
+            return
+        if any(n.state == NodeState.STARTING for n in snap.nodes):
+            return
+        for name in sorted(want - prepared):
+            if name not in self.ops:
+                self._submit(name, "prepare")
 
     def _nudge(self, snap: Snapshot) -> None:
         """A job waits and an idle node of its node sets has room: ask the scheduler for a pass now rather
@@ -415,6 +448,9 @@ class Controller:
         self._collect()
         view = self.scheduler.observe()
         containers = self.provider.list()
+        prepared = {n for n, info in containers.items() if info.prepared}
+        for name in prepared:
+            del containers[name]  # not nodes: nothing runs in them
         self._held = {n: sn.reason for n, sn in view.nodes.items() if sn.held}
         self._reconcile(view, containers)
         now = self.clock()
@@ -422,6 +458,7 @@ class Controller:
         self._transitions(snap)
         plan = policy.decide(snap)
         self._act(plan, snap, view)
+        self._prepare(snap, prepared)
         self._nudge(snap)
         self.last_plan = plan
         self._write_status(snap)
@@ -483,6 +520,14 @@ class Controller:
             stop.wait(settings.poll_interval)
         self.close()
         self.events.emit("controller", reason="stopped")
+
+
+def _after(before: Future[None] | None, work: Callable[[], None]) -> None:
+    """`work` once `before` is done, whatever its outcome (that is its own op's to report). The pool takes
+    work in order, so `before` already runs or has run: waiting cannot deadlock."""
+    if before is not None:
+        wait([before])
+    work()
 
 
 def serve(controller: Controller) -> None:

@@ -42,6 +42,7 @@ class ClusterNetwork:
         self.namespace = namespace
         self.workdir = workdir
         self.hosts = workdir / "hosts"
+        self._lock = threading.Lock()
         self.dnsmasq: subprocess.Popen[bytes] | None = None
         self.etc = Path("/etc/netns") / name
 
@@ -71,14 +72,21 @@ class ClusterNetwork:
         return [f"{self.namespace}.svc.cluster.local", "svc.cluster.local", "cluster.local"]
 
     def publish(self, ip: str, names: list[str]) -> None:
-        lines = [line for line in self.hosts.read_text().splitlines() if not line.startswith(ip + " ")]
-        self.hosts.write_text("\n".join(lines + [f"{ip} {' '.join(names)}"]) + "\n")
-        self._reload()
+        self._edit(ip, [f"{ip} {' '.join(names)}"])
 
     def unpublish(self, ip: str) -> None:
-        lines = [line for line in self.hosts.read_text().splitlines() if not line.startswith(ip + " ")]
-        self.hosts.write_text("\n".join(lines) + ("\n" if lines else ""))
-        self._reload()
+        self._edit(ip, [])
+
+    def _edit(self, ip: str, new: list[str]) -> None:
+        """Replace ip's line. Pods start on threads of their own: under a lock, or two Pods published at once
+        each rewrite the file without the other's name (a node not resolvable: `srun` fails); and by a
+        rename, so that dnsmasq, rereading on the signal of an earlier edit, never reads half a file."""
+        with self._lock:
+            lines = [line for line in self.hosts.read_text().splitlines() if not line.startswith(ip + " ")] + new
+            tmp = self.hosts.with_suffix(".tmp")
+            tmp.write_text("\n".join(lines) + ("\n" if lines else ""))
+            tmp.rename(self.hosts)
+            self._reload()
 
     def _reload(self) -> None:
         if self.dnsmasq is not None:

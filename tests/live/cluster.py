@@ -33,6 +33,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+def node_dirs(cluster: str) -> list[Path]:
+    """The local provider's node directories, without the prepared ones (providers/local.py, PREPARED)."""
+    d = Path("/run/accordion") / cluster / "nodes"
+    return [p for p in d.iterdir() if not (p / "prepared").exists()] if d.is_dir() else []
+
+
 class LiveCluster:
     def __init__(self, name: str, config: dict, workdir: Path) -> None:
         self.name = name
@@ -96,8 +102,8 @@ class LiveCluster:
         raise KeyError(f"{name}{labels} not in {url}")
 
     def containers(self) -> set[str]:
-        d = Path("/run/accordion") / self.name / "nodes"
-        return {p.name for p in d.iterdir()} if d.is_dir() else set()
+        """The nodes' containers: not those prepared for the next start (nothing runs in them)."""
+        return {p.name for p in node_dirs(self.name)}
 
     def sinfo(self) -> dict[str, str]:
         """node -> Slurm state, as users see it."""

@@ -1,5 +1,6 @@
 """Submission limits, clean teardown, bad cluster files, side-by-side clusters, controller restarts."""
 
+import json
 import os
 import re
 import signal
@@ -141,3 +142,29 @@ def test_controller_killed_and_restarted_keeps_nodes(make_cluster):
     st = c.status()
     assert (st["controller"], st["stale"]) == ("running", False) and st["age"] < 3, st
     assert int((pids / "controller.pid").read_text()) == new
+
+
+def _prepared(c) -> dict[str, int]:
+    """Prepared node containers: name -> pid of the runc init waiting in each (runc's state "created")."""
+    out = subprocess.run(["runc", "--root", f"/run/accordion/{c.name}/runc", "list", "--format", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    nodes = Path("/run/accordion") / c.name / "nodes"
+    return {x["id"]: x["pid"] for x in json.loads(out or "null") or [] if x["status"] == "created" and (nodes / x["id"] / "prepared").exists()}
+
+
+def test_a_cold_start_starts_the_prepared_node(make_cluster):
+    """The node set's next node is made ahead with nothing run in it (no node to Slurm, no slurmd); a job's
+    cold start starts that very container, and the next name is prepared once the node is in service."""
+    c = make_cluster(SMALL)
+    wait_for(lambda: len(_prepared(c)) == 1, 30, "the next node prepared")
+    [(name, pid)] = _prepared(c).items()
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"runc", b"init"]
+    assert c.containers() == set() and c.sinfo()[name] != "idle"
+    job = c.sbatch("hostname", "-N1", name="cold")
+    assert c.wait_job(job, DONE, 30) == "COMPLETED"
+    assert c.job(job)["NodeList"] == name
+    # Started, not made again: runc's init became the node's first process.
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"catatonit")
+    [other] = {"hpc-node-0", "hpc-node-1"} - {name}
+    wait_for(lambda: set(_prepared(c)) == {other}, 30, f"{other} prepared next")
+    assert [e for e in c.events() if e["kind"] in ("failed", "lost")] == []

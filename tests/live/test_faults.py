@@ -237,6 +237,22 @@ def test_no_secret_in_anything_a_run_writes(make_cluster):
     assert (mode, ret, errno_) == ("2", "-1", "1")
 
 
+def test_a_prepared_node_that_does_not_start_is_made_afresh(make_cluster, monkeypatch, tmp_path):
+    """`runc start` of the prepared node fails once: the start makes the node from scratch instead, and the
+    job runs with no failed start (a preparation is a head start, never a condition of one)."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    body = f'if [[ " $* " == *" start "* ]] && mkdir {faults}/start 2>/dev/null; then echo "injected: start failed" >&2; exit 1; fi'
+    monkeypatch.setenv("PATH", f"{runtime_wrapper(tmp_path, body)}:{os.environ['PATH']}")
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 1, "cpus": 1, "memory_mb": 256, "idle_timeout": 600}]})
+    marker = Path("/run/accordion") / c.name / "nodes" / "n-0" / "prepared"
+    wait_for(marker.exists, 30, "n-0 prepared")
+    job = c.sbatch("hostname", "-N1", name="afresh")
+    assert c.wait_job(job, DONE, 60) == "COMPLETED"
+    assert (faults / "start").exists(), "the prepared node's start was never tried: the test proves nothing"
+    assert [e for e in c.events() if e["kind"] in ("failed", "lost")] == []
+
+
 def test_node_that_never_comes_up_is_given_up_and_the_job_runs_elsewhere(make_cluster, monkeypatch, tmp_path):
     # A broken container runtime, put in front of the real one: its first `run` hangs, its second fails.
     faults = tmp_path / "faults"
@@ -250,7 +266,8 @@ def test_node_that_never_comes_up_is_given_up_and_the_job_runs_elsewhere(make_cl
     monkeypatch.setenv("PATH", f"{runtime_wrapper(tmp_path, body)}:{os.environ['PATH']}")
     c = make_cluster({
         "nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 3, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}],
-        "controller": {"resume_timeout": 4, "max_start_failures": 1, "retry_backoff": 120},
+        # No prepared node: every start is a `runc run` (a prepared one's start is tested in test_cluster_lifecycle).
+        "controller": {"resume_timeout": 4, "max_start_failures": 1, "retry_backoff": 120, "prepared_nodes": 0},
     })
     job = c.sbatch("echo ok", "-N1", name="patient")
     assert c.wait_job(job, DONE, 60) == "COMPLETED"

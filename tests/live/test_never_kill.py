@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.live.cluster import runtime_wrapper, wait_for
+from tests.live.cluster import node_dirs, runtime_wrapper, wait_for
 
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 def created(c) -> dict[str, float]:
     """node -> creation time of its container (a recreated node has a new one)."""
-    nodes = Path("/run/accordion") / c.name / "nodes"
-    return {p.name: float((p / "created").read_text()) for p in nodes.iterdir() if (p / "created").exists()}
+    return {p.name: float((p / "created").read_text()) for p in node_dirs(c.name) if (p / "created").exists()}
 
 
 def requested(c, after: float = 0.0) -> list[str]:
@@ -278,7 +277,8 @@ def test_failed_starts_back_off_and_capacity_comes_back(make_cluster, monkeypatc
     monkeypatch.setenv("PATH", f"{runtime_wrapper(tmp_path, body)}:{os.environ['PATH']}")
     c = make_cluster({
         "nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 1, "cpus": 1, "memory_mb": 256, "idle_timeout": 30}],
-        "controller": {"max_start_failures": 1, "retry_backoff": 1, "retry_backoff_max": 2},
+        # No prepared node: every start is a `runc run` (a prepared one's start is tested in test_cluster_lifecycle).
+        "controller": {"max_start_failures": 1, "retry_backoff": 1, "retry_backoff_max": 2, "prepared_nodes": 0},
     })
     job = c.sbatch("hostname", "-N1", name="patient")
     assert c.wait_job(job, DONE, 60) == "COMPLETED"

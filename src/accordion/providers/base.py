@@ -52,6 +52,8 @@ class NodeInfo:
     running: bool  # false once it has ended or cannot run (image missing, crashed)
     created: float
     reason: str = ""  # why it is not running, when the provider knows
+    # Made by `prepare` and not started: not a node (nothing runs in it), a cold start's head start.
+    prepared: bool = False
 
 
 __all__ = ["Bind", "NodeInfo", "NodeSpec", "Provider", "ProviderError", "NODE_CAPABILITIES"]
@@ -80,6 +82,14 @@ class Provider(Protocol):
         """Start the node; returns once its main process is running. Leaves nothing behind on failure."""
 
     def delete(self, name: str) -> None:
-        """Stop and remove the node and all it used; a missing node is not an error."""
+        """Stop and remove the node and all it used, or what `prepare` made; a missing node is not an error."""
+
+    # Whether `prepare` makes anything: the controller calls it only then.
+    prepares: bool
+
+    def prepare(self, spec: NodeSpec) -> None:
+        """Make the node's container ready to start with nothing run in it (network, root, namespaces,
+        cgroups), so that a `create` of the same spec then only starts it; `list` shows it with `prepared`
+        true. Idempotent; leaves nothing behind on failure."""
 
     def list(self) -> dict[str, NodeInfo]: ...

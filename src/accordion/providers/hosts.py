@@ -36,6 +36,9 @@ log = logging.getLogger("accordion.hosts")
 
 
 class HostsProvider:
+    # Not yet: a prepared node would tie a name to a host before any job asks for it (see `prepare`).
+    prepares = False
+
     def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
         self.config = config
         self.paths = paths
@@ -288,6 +291,9 @@ class HostsProvider:
         info = nodes_of(status).get(spec.name)
         if info is not None:
             self.created[spec.name] = info.created
+
+    def prepare(self, spec: NodeSpec) -> None:
+        raise ProviderError("provider 'hosts' does not prepare nodes")
 
     def delete(self, name: str) -> None:
         _, host = self._change(name, None)

@@ -55,6 +55,9 @@ def _k8s() -> Any:
 
 
 class KubernetesProvider:
+    # A Pod cannot be made and held unstarted: the kubelet runs its containers as soon as it is scheduled.
+    prepares = False
+
     def __init__(self, config: ClusterConfig, paths: ClusterPaths) -> None:
         self.config = config
         self.paths = paths
@@ -277,6 +280,9 @@ class KubernetesProvider:
             except ProviderError as exc:
                 log.warning("could not undo the failed start of %s: %s", spec.name, exc)
             raise
+
+    def prepare(self, spec: NodeSpec) -> None:
+        raise ProviderError("provider 'kubernetes' does not prepare nodes")
 
     def delete(self, name: str) -> None:
         self._call(f"delete Pod {name}", self.api.delete_namespaced_pod, name, self.namespace, tolerate=(404,))
