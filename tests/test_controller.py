@@ -104,7 +104,7 @@ class FakeScheduler:
             self.absent_calls.append((n, reason))
             self.state[n] = SchedNode(n, SchedState.UNKNOWN, 0, None, reason, marked_absent=True)
 
-    def node_starting(self, node):
+    def nodes_starting(self, nodes):
         pass
 
     def node_started(self, node):

@@ -314,6 +314,8 @@ class Controller:
         # the loop's own nudges and every job's end already bring passes.
         few = booting + len(starts) <= START_NUDGES
         wanted = {ns for j in snap.jobs if j.waiting for ns in j.candidates} if few else set()
+        if starts:
+            self.scheduler.nodes_starting([node for node, _ in starts])
         for node, start in starts:
             self.events.emit("requested", node, start.nodeset, start.reason)
             self.requested_at[node] = snap.now
@@ -366,7 +368,6 @@ class Controller:
     def _start(self, node: str, nudge: bool) -> None:
         """Runs on the pool. `nudge`: jobs wait for this node set, so ask for a scheduling pass as soon as the
         node is up, not once the loop has seen it idle (an observation later: a fifth of a cold start)."""
-        self.scheduler.node_starting(node)
         self.provider.create(self.scheduler.node_spec(node))
         self.scheduler.node_started(node)
         if nudge:

@@ -47,8 +47,9 @@ class Scheduler(Protocol):
     def mark_absent(self, nodes: list[str], reason: str = ...) -> None:
         """The nodes have no container: the scheduler must not use them (jobs on them are lost)."""
 
-    def node_starting(self, node: str) -> None:
-        """A container for the node is about to start: let the scheduler accept it when it registers."""
+    def nodes_starting(self, nodes: list[str]) -> None:
+        """Containers for these nodes are about to start: let the scheduler accept them when they register.
+        Called once per step for all the nodes it starts (a burst starts hundreds), before their starts."""
 
     def node_started(self, node: str) -> None:
         """The node's container runs: bring it into service once its agent answers, checked from inside

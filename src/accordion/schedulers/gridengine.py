@@ -465,8 +465,8 @@ class GridEngineScheduler:
             # -f: the execd is gone and cannot confirm; rerun TRUE on every queue lets the job run again.
             self._cmd(["qmod", "-f", "-rj", *victims], timeout=30)
 
-    def node_starting(self, node: str) -> None:
-        """Nothing yet: the instance stays off until its new execd answers (`node_started`)."""
+    def nodes_starting(self, nodes: list[str]) -> None:
+        """Nothing yet: each instance stays off until its new execd answers (`node_started`)."""
 
     def node_started(self, node: str) -> None:
         """Lift Accordion's calendar once the node's own sge_execd answers `qping`, run inside the cluster's

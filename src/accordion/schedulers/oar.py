@@ -476,8 +476,8 @@ class OarScheduler:
             self._cmd(["oarnodesetting", "-n", "-s", "Absent", "-h", node])
             self._cmd(["oarnodesetting", "-d", "off", "-h", node])
 
-    def node_starting(self, node: str) -> None:
-        """Nothing to prepare: the node's resources stay Absent until `node_started`."""
+    def nodes_starting(self, nodes: list[str]) -> None:
+        """Nothing to prepare: each node's resources stay Absent until `node_started`."""
 
     def node_started(self, node: str) -> None:
         """Set the node's resources Alive once its sshd greets, which OAR needs to launch jobs there. Waits

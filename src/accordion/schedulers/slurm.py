@@ -556,7 +556,7 @@ class SlurmScheduler:
         ]
         # Drained as well as down: with ReturnToService=2 a reply from the dead slurmd still in flight (a
         # ping answered just before it died) would otherwise put the node back in service with no container
-        # behind it. The drain flag is lifted only when a new container starts (node_starting).
+        # behind it. The drain flag is lifted only when a new container starts (nodes_starting).
         self._update(nodes, "State=DRAIN", f"Reason={REASON_PREFIX} {reason}")
         self._update(nodes, "State=DOWN", f"Reason={REASON_PREFIX} {reason}")
         # Slurm holds a requeued job back ~2 minutes (BeginTime); its node died, not the job, and a
@@ -565,8 +565,8 @@ class SlurmScheduler:
             if self._cmd(["squeue", "-h", "-j", job, "-t", "PD", "-o", "%i"]).strip():
                 self._cmd(["scontrol", "update", f"JobId={job}", "StartTime=now"])
 
-    def node_starting(self, node: str) -> None:
-        self._update([node], "State=UNDRAIN")
+    def nodes_starting(self, nodes: list[str]) -> None:
+        self._update(nodes, "State=UNDRAIN")  # one command for all: 280 of them were ~5 % of a burst's CPU
 
     def node_started(self, node: str) -> None:
         """Nothing to do: slurmd registers itself and ReturnToService=2 puts the node in service."""
