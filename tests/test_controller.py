@@ -42,6 +42,8 @@ class FakeProvider:
         self.nodes[spec.name] = NodeInfo(spec.name, True, self.clock())
 
     def prepare(self, spec: NodeSpec) -> None:
+        if spec.name in self.prepared:
+            return  # as the local provider: already prepared from the same spec
         self.prepare_calls.append(spec.name)
         if self.hang_prepare is not None:
             self.hang_prepare.wait(10)
@@ -526,12 +528,16 @@ def test_the_next_node_is_prepared_and_a_cold_start_only_starts_it(tmp_path, mon
     assert set(prov.prepared) == {"c-0"} and prov.prepare_calls == ["c-0"] and prov.nodes == {}
     assert {n.state.value for n in ctl.snapshot(sched.observe(), {}, now[0]).nodes} == {"absent"}  # not a node
     sched.jobs = [Job("1", "c", 2, 1, False, 0.0)]
+    sched.registers = False
     ctl.step()
     assert ctl.ops["c-0"].kind == "start"
     settle(ctl)
     assert set(prov.nodes) == {"c-0", "c-1"} and prov.started_prepared == ["c-0"]
+    step(ctl)
+    step(ctl)
     assert prov.prepare_calls == ["c-0"]  # nothing prepared while nodes start: a burst needs the machine
     sched.jobs = []
+    sched.registers = True
     step(ctl)  # registered: the next name is prepared
     step(ctl)
     assert set(prov.prepared) == {"c-2"} and prov.prepare_calls == ["c-0", "c-2"]
@@ -555,8 +561,10 @@ def test_a_prepared_name_no_longer_next_is_removed_and_a_failed_preparation_wait
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     prov.prepares = True
     prov.prepared["c-2"] = NodeInfo("c-2", False, 0.0, prepared=True)  # as left by an earlier order
+    prov.prepared["c-1"] = NodeInfo("c-1", False, 0.0, "prepared container not ready", prepared=True)  # cut short
     prov.fail_prepare = True
     for _ in range(3):
         step(ctl)
     assert prov.prepared == {} and prov.prepare_calls == ["c-0"]  # tried once: not at every step
-    assert not any(kind == "failed" for kind, _ in kinds(paths))  # not a node: no failed start either
+    assert not any(kind == "failed" for kind, _ in kinds(paths))  # not nodes: no failed start either
+    assert {n.state.value for n in ctl.snapshot(sched.observe(), prov.list(), now[0]).nodes} == {"absent"}

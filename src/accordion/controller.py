@@ -47,7 +47,7 @@ PREPARE_RETRY = 30.0
 class Op:
     """A node start or removal running on the worker pool: a start that hangs must not stop the loop."""
 
-    kind: str  # "start", "remove" or "prepare"
+    kind: str  # "start", "remove", "prepare" or "unprepare" (a prepared container no longer wanted)
     future: Future[None]
     abandoned: bool = False  # a start given up while it still ran: its node is removed once it returns
 
@@ -109,6 +109,7 @@ class Controller:
         self._nudges_left = 0
         self._next_nudge = 0.0
         self._prepare_after = 0.0  # monotonic: no preparation before (one failed)
+        self._prepare_checked = time.monotonic()  # when prepared nodes were last checked against what they were made from
         self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="node")
         # Nodes booting at once (requested, not registered yet). The pool bounds the `create` calls, but a
         # created node's agent boots after `create` returns: 280 slurmd booting together on 2 cores took
@@ -129,9 +130,9 @@ class Controller:
                 continue
             del self.ops[name]
             error = op.future.exception()
-            if op.kind == "prepare":
+            if op.kind in ("prepare", "unprepare"):
                 if error is not None:
-                    log.warning("could not prepare %s: %s; tried again in %.0f s", name, error, PREPARE_RETRY)
+                    log.warning("could not %s %s: %s; tried again in %.0f s", op.kind, name, error, PREPARE_RETRY)
                     self._prepare_after = time.monotonic() + PREPARE_RETRY
             elif op.kind == "remove":
                 if error is not None:
@@ -152,6 +153,7 @@ class Controller:
         work: Callable[[], None] = {
             "start": lambda: self._start(name, nudge),
             "remove": lambda: self.provider.delete(name),
+            "unprepare": lambda: self.provider.delete(name),
             "prepare": lambda: self.provider.prepare(self.scheduler.node_spec(name)),
         }[kind]
         op = self.ops.get(name)
@@ -164,7 +166,7 @@ class Controller:
         which delays the name's next start (see `_state`). Only for nodes the scheduler runs nothing on, or
         whose jobs it has just been told are lost: a busy node leaves by draining first (`release`)."""
         op = self.ops.get(name)
-        if op is None or op.kind == "prepare":
+        if op is None or op.kind in ("prepare", "unprepare"):
             self._submit(name, "remove")
         elif op.kind == "start":
             op.abandoned = True
@@ -248,7 +250,8 @@ class Controller:
         op = self.ops.get(name)
         failure = self.failures.get(name)
         waiting = failure is not None and failure.count >= self.settings.max_start_failures and now < failure.retry
-        if op is not None and op.kind != "prepare":  # a name being prepared is absent: the policy may start it
+        # A name being prepared or unprepared is absent: the policy may start it (the start waits for that op).
+        if op is not None and op.kind not in ("prepare", "unprepare"):
             if op.kind == "start" and not op.abandoned:
                 return NodeState.STARTING, self.requested_at.get(name, now), 0, 0
             # On its way out: neither used nor reused yet.
@@ -314,31 +317,43 @@ class Controller:
         # the loop's own nudges and every job's end already bring passes.
         few = booting + len(starts) <= START_NUDGES
         wanted = {ns for j in snap.jobs if j.waiting for ns in j.candidates} if few else set()
-        if starts:
-            self.scheduler.nodes_starting([node for node, _ in starts])
         for node, start in starts:
             self.events.emit("requested", node, start.nodeset, start.reason)
             self.requested_at[node] = snap.now
             if self.metrics:
                 self.metrics.scale_ups.labels(self.config.name, start.nodeset, reason_kind(start.reason)).inc()
             self._submit(node, "start", nudge=start.nodeset in wanted)
+        if starts:
+            # Beside the starts, not before them: a node's agent takes tens of milliseconds to register, and a
+            # cold start need not wait for this command too. One registered before it is only kept out of
+            # service until it (Slurm: drained), and a start's own nudge waits until its node is in service.
+            self.scheduler.nodes_starting([node for node, _ in starts])
 
-    def _prepare(self, snap: Snapshot, prepared: set[str]) -> None:
+    def _prepare(self, snap: Snapshot, prepared: dict[str, NodeInfo]) -> None:
         """Keep each node set's next `prepared_nodes` names (the absent ones the policy starts first) prepared
         by the provider, so that a cold start only starts a container (README, "What a cold start waits
-        for"); a prepared name no longer among them is removed. Only while no node starts: preparing is
-        the same work as a start, and a burst needs the machine."""
+        for"). A prepared name no longer among them, or not ready (a preparation cut short), is removed; a
+        ready one is checked every `resync_interval` against what it would be made from now (an account
+        added on the host, say), which costs nothing when nothing changed. Only while no node starts:
+        preparing is the same work as a start, and a burst needs the machine."""
         if not self.provider.prepares:
             return
         want = {n for spec in snap.nodesets for n in snap.of(spec.name).absent[: self.settings.prepared_nodes]}
-        for name in sorted(prepared - want):
+        stale = {n for n, info in prepared.items() if info.reason}
+        for name in sorted((set(prepared) - want) | stale):
             if name not in self.ops:
-                self._submit(name, "remove")
-        if time.monotonic() < self._prepare_after or any(op.kind == "start" for op in self.ops.values()):
+                self._submit(name, "unprepare")
+        now = time.monotonic()
+        if now < self._prepare_after or any(op.kind == "start" for op in self.ops.values()):
             return
         if any(n.state == NodeState.STARTING for n in snap.nodes):
             return
-        for name in sorted(want - prepared):
+        ready = set(prepared) - stale
+        todo = want - ready
+        if now - self._prepare_checked >= self.settings.resync_interval:
+            self._prepare_checked = now
+            todo |= want & ready
+        for name in sorted(todo):
             if name not in self.ops:
                 self._submit(name, "prepare")
 
@@ -449,7 +464,7 @@ class Controller:
         self._collect()
         view = self.scheduler.observe()
         containers = self.provider.list()
-        prepared = {n for n, info in containers.items() if info.prepared}
+        prepared = {n: info for n, info in containers.items() if info.prepared}
         for name in prepared:
             del containers[name]  # not nodes: nothing runs in them
         self._held = {n: sn.reason for n, sn in view.nodes.items() if sn.held}

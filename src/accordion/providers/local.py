@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -29,6 +30,8 @@ from accordion.paths import ClusterPaths, run_root, shared_root, state_root
 from accordion.providers.base import NODE_CAPABILITIES, NodeInfo, NodeSpec, ProviderError
 from accordion.sh import CommandError, run
 from accordion.store import private
+
+log = logging.getLogger("accordion.local")
 
 NETWORK = ipaddress.IPv4Network("10.77.0.0/16")
 HEAD = NETWORK.network_address + 1
@@ -238,8 +241,11 @@ class NodeRuntime:
         """`secrets`: the contents of `spec.secrets` (target path in the node -> bytes), with `entrypoint`."""
         if spec.name not in self._index:
             raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
-        if self._start_prepared(spec, secrets or {}):
-            return
+        try:
+            if self._start_prepared(spec, secrets or {}):
+                return
+        except Exception as exc:  # a preparation is a head start, never a condition of one
+            log.warning("could not start the prepared %s (%s): making it afresh", spec.name, exc)
         self.delete(spec.name)
         try:
             self._create(spec, secrets or {})
@@ -265,6 +271,7 @@ class NodeRuntime:
             raise
 
     def _prepared(self, name: str) -> str | None:
+        """The digest the node was prepared from; "" while its preparation runs (or was cut short)."""
         try:
             return (self._node_dir(name) / PREPARED).read_text()
         except OSError:
@@ -274,7 +281,8 @@ class NodeRuntime:
         """Start the node if it is prepared with this spec; False if it is not (or its start failed: then
         `create` makes it afresh, as after any failed start)."""
         node_dir = self._node_dir(spec.name)
-        if self._prepared(spec.name) != _digest(spec, secrets):
+        made = self._prepared(spec.name)
+        if not made or made != _digest(spec, secrets):
             return False
         # A node's life is counted from its start, not its preparation (the controller times starts from it).
         (node_dir / "created").write_text(f"{time.time()}\n")
@@ -289,9 +297,10 @@ class NodeRuntime:
         node_dir = self._node_dir(name)
         node_dir.mkdir(parents=True, mode=0o700)
         if prepared is not None:
-            # Marked before anything is made: a preparation cut short is listed as prepared, not as a node
-            # that exited, and `create` finds it broken and starts afresh.
-            (node_dir / PREPARED).write_text(prepared)
+            # Marked before anything is made, with its digest only once it is ready: a preparation cut short
+            # is listed as a prepared node not ready (which the controller removes), not as a node that
+            # exited, and `create` makes such a node afresh.
+            (node_dir / PREPARED).write_text("")
         (node_dir / "created").write_text(f"{time.time()}\n")
         self._network(name)
         rootfs = self._rootfs(spec, secrets)
@@ -320,6 +329,8 @@ class NodeRuntime:
         if code != 0:
             tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise ProviderError(f"runc could not start node {name}: {' | '.join(tail)}")
+        if prepared is not None:
+            (node_dir / PREPARED).write_text(prepared)
 
     def _network(self, name: str) -> None:
         ns = self._node_netns(name)
@@ -523,8 +534,14 @@ class NodeRuntime:
                 created = float((node_dir / "created").read_text())
             except (OSError, ValueError):
                 created = node_dir.stat().st_mtime
-            prepared = (node_dir / PREPARED).exists()
-            nodes[node_dir.name] = NodeInfo(node_dir.name, not prepared and states.get(node_dir.name) == "running", created, prepared=prepared)
+            state = states.get(node_dir.name)
+            made = self._prepared(node_dir.name)
+            # A running container is a node whatever its directory says: never hidden from the controller.
+            if made is not None and state != "running":
+                ready = bool(made) and state == "created"
+                nodes[node_dir.name] = NodeInfo(node_dir.name, False, created, "" if ready else "prepared container not ready", prepared=True)
+            else:
+                nodes[node_dir.name] = NodeInfo(node_dir.name, state == "running", created)
         return nodes
 
 
@@ -631,6 +648,10 @@ def _same_owner_and_mode(host: Path, copy: Path) -> None:
     os.chmod(copy, st.st_mode & 0o7777)
 
 
+# This module's own code: a node prepared by another version of it (another OCI spec, say) is made again.
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
     """What a prepared node was made from: its spec, the secrets' contents, and what of the host its root
     copies or hides (`_rootfs`, `_oci_spec`) as it is now: an account or a home added since (a login node
@@ -645,7 +666,7 @@ def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
     if os.path.isdir("/home"):
         homes = (h for h in Path("/home").iterdir() if h.is_dir() and not h.is_symlink())
         host.append(sorted((h.name, h.stat().st_uid, h.stat().st_gid, h.stat().st_mode) for h in homes))
-    host += [str(p) for p in _hidden_files()] + [d for d in [*HIDDEN_DIRS, str(state_root()), str(shared_root())] if os.path.isdir(d)]
+    host += [_CODE, *(str(p) for p in _hidden_files())] + [d for d in [*HIDDEN_DIRS, str(state_root()), str(shared_root())] if os.path.isdir(d)]
     made = json.dumps([asdict(spec), {k: v.hex() for k, v in secrets.items()}, host], sort_keys=True)
     return hashlib.sha256(made.encode()).hexdigest()
 

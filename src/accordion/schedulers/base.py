@@ -49,7 +49,8 @@ class Scheduler(Protocol):
 
     def nodes_starting(self, nodes: list[str]) -> None:
         """Containers for these nodes are about to start: let the scheduler accept them when they register.
-        Called once per step for all the nodes it starts (a burst starts hundreds), before their starts."""
+        Called once per step for all the nodes it starts (a burst starts hundreds), as their starts begin on
+        the pool: the loop takes no other step before it returns."""
 
     def node_started(self, node: str) -> None:
         """The node's container runs: bring it into service once its agent answers, checked from inside

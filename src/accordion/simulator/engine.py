@@ -43,7 +43,7 @@ class ClusterModel:
     max_nodes: int
     cpus_per_node: int
     min_nodes: int = 0
-    boot_time: float = 0.15  # the live cluster's measured cold start, 0.14 s, rounded up (README, Benchmarks)
+    boot_time: float = 0.15  # the live cluster's measured cold start, 0.12-0.14 s, rounded up (README, Benchmarks)
     stop_time: float = 0.2
 
     def nodes_for(self, job: TraceJob) -> int:
