@@ -344,9 +344,8 @@ class Controller:
             if name not in self.ops:
                 self._submit(name, "unprepare")
         now = time.monotonic()
-        if now < self._prepare_after or any(op.kind == "start" for op in self.ops.values()):
-            return
-        if any(n.state == NodeState.STARTING for n in snap.nodes):
+        starting = any(op.kind == "start" for op in self.ops.values()) or any(n.state == NodeState.STARTING for n in snap.nodes)
+        if starting or now < self._prepare_after:
             return
         ready = set(prepared) - stale
         todo = want - ready

@@ -246,12 +246,7 @@ class NodeRuntime:
                 return
         except Exception as exc:  # a preparation is a head start, never a condition of one
             log.warning("could not start the prepared %s (%s): making it afresh", spec.name, exc)
-        self.delete(spec.name)
-        try:
-            self._create(spec, secrets or {})
-        except Exception:
-            self.delete(spec.name)
-            raise
+        self._afresh(spec, secrets or {})
 
     def prepare(self, spec: NodeSpec, secrets: dict[str, bytes] | None = None) -> None:
         """The node made as `create` makes it, but by `runc create`: its network, root, namespaces and cgroups
@@ -261,11 +256,14 @@ class NodeRuntime:
         if spec.name not in self._index:
             raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
         digest = _digest(spec, secrets or {})
-        if self._prepared(spec.name) == digest:
-            return
+        if self._prepared(spec.name) != digest:
+            self._afresh(spec, secrets or {}, prepared=digest)
+
+    def _afresh(self, spec: NodeSpec, secrets: dict[str, bytes], prepared: str | None = None) -> None:
+        """`_create` after removing whatever the name had; on failure, nothing is left behind."""
         self.delete(spec.name)
         try:
-            self._create(spec, secrets or {}, prepared=digest)
+            self._create(spec, secrets, prepared)
         except Exception:
             self.delete(spec.name)
             raise
@@ -410,12 +408,8 @@ class NodeRuntime:
         # the node's own shared directory is bound back on top below. Before the binds, which may land inside
         # these, and writable, so that runc can make their mount points there. runc gives each tmpfs the
         # mode of the directory it covers.
-        hidden = [*HIDDEN_DIRS, str(state_root()), str(shared_root())]
-        if not run_root().is_relative_to("/run"):
-            hidden.append(str(run_root()))
-        for path in hidden:
-            if os.path.isdir(path):
-                mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})
+        for path in _hidden_dirs():
+            mounts.append({"destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]})
         if self.entrypoint is not None:
             mounts.append({"destination": ENTRYPOINT, "type": "bind", "source": str(self.entrypoint), "options": ["bind", "ro", "nosuid", "nodev"]})
         homes = self._node_dir(spec.name) / "scratch/home"
@@ -595,6 +589,22 @@ class LocalProvider:
         return self.runtime.list()
 
 
+def _hidden_dirs() -> list[str]:
+    """The host's directories covered by an empty tmpfs in a node, as present now: the known places
+    (HIDDEN_DIRS), Accordion's state, every cluster's shared directory, and its run root outside /run."""
+    hidden = [*HIDDEN_DIRS, str(state_root()), str(shared_root())]
+    if not run_root().is_relative_to("/run"):
+        hidden.append(str(run_root()))
+    return [path for path in hidden if os.path.isdir(path)]
+
+
+def _host_homes() -> list[Path]:
+    """The host's homes, as `_fresh_homes` copies them: directories of /home, not links."""
+    if not os.path.isdir("/home"):
+        return []
+    return [h for h in Path("/home").iterdir() if h.is_dir() and not h.is_symlink()]
+
+
 def _hidden_files() -> list[Path]:
     """The host's files a node must not read, as present now (ssh host keys come and go with their types)."""
     return [p for p in map(Path, HIDDEN_FILES) if p.is_file()] + sorted(Path("/etc/ssh").glob("ssh_host_*_key"))
@@ -632,14 +642,13 @@ def _fresh_homes(homes: Path) -> None:
     Not just an empty /home: OAR's oardodo refuses to run a job whose user has no home, and its batch
     jobs source ~/.bashrc."""
     homes.mkdir()
-    for host in Path("/home").iterdir():
-        if host.is_dir() and not host.is_symlink():
-            fresh = homes / host.name
-            shutil.copytree("/etc/skel", fresh, symlinks=True)
-            st = host.stat()
-            for path in [fresh, *fresh.rglob("*")]:
-                os.lchown(path, st.st_uid, st.st_gid)
-            os.chmod(fresh, st.st_mode & 0o7777)
+    for host in _host_homes():
+        fresh = homes / host.name
+        shutil.copytree("/etc/skel", fresh, symlinks=True)
+        st = host.stat()
+        for path in [fresh, *fresh.rglob("*")]:
+            os.lchown(path, st.st_uid, st.st_gid)
+        os.chmod(fresh, st.st_mode & 0o7777)
 
 
 def _same_owner_and_mode(host: Path, copy: Path) -> None:
@@ -663,10 +672,12 @@ def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
             host.append([name, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid, st.st_gid])
         except OSError:
             host.append(name)
-    if os.path.isdir("/home"):
-        homes = (h for h in Path("/home").iterdir() if h.is_dir() and not h.is_symlink())
-        host.append(sorted((h.name, h.stat().st_uid, h.stat().st_gid, h.stat().st_mode) for h in homes))
-    host += [_CODE, *(str(p) for p in _hidden_files())] + [d for d in [*HIDDEN_DIRS, str(state_root()), str(shared_root())] if os.path.isdir(d)]
+    homes = []
+    for h in _host_homes():
+        st = h.stat()
+        homes.append((h.name, st.st_uid, st.st_gid, st.st_mode))
+    host.append(sorted(homes))
+    host += [_CODE, *(str(p) for p in _hidden_files()), *_hidden_dirs()]
     made = json.dumps([asdict(spec), {k: v.hex() for k, v in secrets.items()}, host], sort_keys=True)
     return hashlib.sha256(made.encode()).hexdigest()
 
