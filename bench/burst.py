@@ -94,6 +94,11 @@ def main() -> None:
         if lat:
             print(f"registration latency (request -> registered), {len(lat)} nodes: median {percentile(lat, 0.5):.2f} s, "
                   f"p95 {percentile(lat, 0.95):.2f} s, max {max(lat):.2f} s")
+        # Where the burst's time went: when the last node was requested, made (started), registered with
+        # Slurm, and seen running a job (busy), each counted from the release.
+        last = {k: max((e["ts"] for e in evs if e["kind"] == k), default=None) for k in ("requested", "started", "registered", "busy")}
+        print("timeline from the release, last event of each kind: "
+              + ", ".join(f"{k} {ts - t_release:.1f} s" for k, ts in last.items() if ts is not None))
         print(f"load average after the burst: {os.getloadavg()[0]:.1f}")
 
         if args.thesis:

@@ -1,9 +1,14 @@
-"""The local provider's listing: a container removed while runc lists them is listed again, anything else
-fails the listing (never an empty one: the controller would delete every node)."""
+"""The local provider's listing without `runc list`: each node's container state from the init process it
+recorded (pid and start time) and runc's exec fifo; runc is asked only about a node without that record
+and no start under way; a listing that cannot be read is an error, never an empty one (the controller
+would delete every node)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,12 +21,13 @@ from accordion.sh import CommandError
 CONFIG = ClusterConfig.model_validate({"name": "t", "nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 2}]})
 
 
-def runtime(tmp_path: Path, answers: list[CommandError | str], monkeypatch: pytest.MonkeyPatch) -> tuple[local.NodeRuntime, list[list[str]]]:
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[CommandError | str] | None = None) -> tuple[local.NodeRuntime, list[list[str]]]:
+    """A runtime with node n-0's directory; runc's answers, in order, if it is asked at all."""
     calls: list[list[str]] = []
 
     def fake_run(cmd, **_):  # noqa: ANN001, ANN003, ANN202
         calls.append(list(cmd))
-        answer = answers.pop(0)
+        answer = (answers or []).pop(0)
         if isinstance(answer, CommandError):
             raise answer
         return subprocess.CompletedProcess(cmd, 0, answer, "")
@@ -33,22 +39,82 @@ def runtime(tmp_path: Path, answers: list[CommandError | str], monkeypatch: pyte
     return rt, calls
 
 
-RACE = CommandError(["runc", "list"], 1, 'level=error msg="stat /run/accordion/t/runc/n-1: no such file or directory"')
-LISTING = '[{"id": "n-0", "status": "running"}]'
+def record(rt: local.NodeRuntime, pid: int, started: str | None = None) -> None:
+    """What `_create` keeps of the container's init process."""
+    (rt.nodes / "n-0" / local.INIT).write_text(f"{pid} {started or local._started(str(pid))}\n")
+    (rt.run / "runc" / "n-0").mkdir(parents=True, exist_ok=True)
 
 
-def test_a_container_removed_during_the_listing_is_listed_again(tmp_path, monkeypatch):
-    rt, calls = runtime(tmp_path, [RACE, LISTING], monkeypatch)
+@pytest.fixture
+def child():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_node_whose_init_lives_is_running_and_created_while_its_exec_fifo_is_there(tmp_path, monkeypatch, child):
+    rt, calls = runtime(tmp_path, monkeypatch)
+    record(rt, child.pid)
     assert rt.list() == {"n-0": local.NodeInfo("n-0", True, 5.0)}
-    assert len(calls) == 2
+    # Prepared (`runc create`): runc's init waits on the exec fifo; ready once the digest is written.
+    (rt.run / "runc" / "n-0" / "exec.fifo").touch()
+    (rt.nodes / "n-0" / local.PREPARED).write_text("digest")
+    assert rt.list() == {"n-0": local.NodeInfo("n-0", False, 5.0, prepared=True)}
+    # Unmarked for its start, not started yet: a container that never ran, not a node.
+    (rt.nodes / "n-0" / local.PREPARED).unlink()
+    assert rt.list() == {"n-0": local.NodeInfo("n-0", False, 5.0)}
+    assert calls == []  # runc was never run
 
 
-def test_a_listing_that_keeps_failing_or_fails_otherwise_is_an_error(tmp_path, monkeypatch):
-    rt, calls = runtime(tmp_path, [RACE] * local.LIST_ATTEMPTS, monkeypatch)
-    with pytest.raises(ProviderError, match="no such file"):
-        rt.list()
-    assert len(calls) == local.LIST_ATTEMPTS
-    rt, calls = runtime(tmp_path / "b", [CommandError(["runc", "list"], 1, "permission denied")], monkeypatch)
+def test_a_node_whose_init_exited_or_whose_pid_was_reused_is_not_running(tmp_path, monkeypatch, child):
+    rt, calls = runtime(tmp_path, monkeypatch)
+    record(rt, child.pid, started="1")  # another process had this pid when the node started
+    assert rt.list()["n-0"].running is False
+    record(rt, child.pid)
+    child.kill()
+    # Not reaped: a zombie, still in /proc, as a container's init whose parent has not waited for it.
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert rt.list()["n-0"].running is False
+    child.wait()
+    assert rt.list()["n-0"].running is False
+    assert calls == []
+
+
+def test_without_a_record_runc_tells_unless_a_start_is_under_way(tmp_path, monkeypatch):
+    # A node made before Accordion kept the record: runc's own state.
+    rt, calls = runtime(tmp_path, monkeypatch, ['{"id": "n-0", "status": "running", "pid": 1}'])
+    (rt.run / "runc" / "n-0").mkdir(parents=True)
+    assert rt.list() == {"n-0": local.NodeInfo("n-0", True, 5.0)}
+    assert calls and calls[0][-2:] == ["state", "n-0"]
+    # Removed between the directory listing and runc's answer: gone, not an error.
+    rt, calls = runtime(tmp_path / "b", monkeypatch, [CommandError(["runc", "state"], 1, "container does not exist")])
+    (rt.run / "runc" / "n-0").mkdir(parents=True)
+    assert rt.list()["n-0"].running is False
+    # While `runc run` makes it (its launcher recorded and alive): not running yet, runc not asked.
+    rt, calls = runtime(tmp_path / "c", monkeypatch)
+    (rt.run / "runc" / "n-0").mkdir(parents=True)
+    bundle = rt.nodes / "n-0" / "bundle"
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--bundle", str(bundle), "n-0"])
+    try:
+        (rt.nodes / "n-0" / "runc.pid").write_text(f"{launcher.pid}\n")
+        assert rt.list()["n-0"].running is False
+        assert calls == []
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+def test_a_listing_that_cannot_be_read_is_an_error(tmp_path, monkeypatch):
+    rt, _ = runtime(tmp_path, monkeypatch, [CommandError(["runc", "state"], 1, "permission denied")])
+    (rt.run / "runc" / "n-0").mkdir(parents=True)
     with pytest.raises(ProviderError, match="permission denied"):
         rt.list()
-    assert len(calls) == 1
+    rt, _ = runtime(tmp_path / "b", monkeypatch)
+    (rt.nodes / "n-0" / local.INIT).mkdir()  # unreadable: not "no container"
+    with pytest.raises(ProviderError, match="cannot list"):
+        rt.list()
+    assert os.path.isdir(rt.nodes / "n-0")

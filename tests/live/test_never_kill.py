@@ -289,15 +289,23 @@ def test_failed_starts_back_off_and_capacity_comes_back(make_cluster, monkeypatc
 
 
 def test_failed_listing_deletes_nothing(make_cluster, monkeypatch, tmp_path):
+    """The listing reads each node's record of its container's init process; without one it asks runc.
+    Here the records are away and runc fails: every step's listing fails, and nothing is removed."""
     broken = tmp_path / "list-fails"
-    body = f'if [[ " $* " == *" list "* ]] && [ -e {broken} ]; then echo "injected: listing failed" >&2; exit 1; fi'
+    body = f'if [[ " $* " == *" state "* ]] && [ -e {broken} ]; then echo "injected: listing failed" >&2; exit 1; fi'
     monkeypatch.setenv("PATH", f"{runtime_wrapper(tmp_path, body)}:{os.environ['PATH']}")
     c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 600}]})
     job = c.sbatch("sleep 10; echo survived", "-N2", name="both")
     c.wait_job(job, {"RUNNING"}, 30)
     before = created(c)
+    records = [d / "init" for d in node_dirs(c.name) if (d / "init").exists()]
+    assert len(records) == 2, records
     broken.touch()
+    for r in records:
+        r.rename(r.with_suffix(".away"))
     time.sleep(5)  # a few resyncs with a listing that fails
+    for r in records:
+        r.with_suffix(".away").rename(r)
     broken.unlink()
     assert c.wait_job(job, DONE, 30) == "COMPLETED" and c.job(job)["Restarts"] == "0"
     assert created(c) == before

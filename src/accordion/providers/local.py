@@ -47,8 +47,9 @@ MAX_NODES = 1024
 # Entries per node allowed for: the head, the launch tree's fan-out (TreeWidth, 50) and MPI peers.
 NEIGHBOURS_PER_NODE = 64
 NEIGHBOUR_SYSCTL = Path("/proc/sys/net/ipv4/neigh/default")
-# A listing that races a container's removal is tried again, this many times in all (see NodeRuntime.list).
-LIST_ATTEMPTS = 3
+# In a node's directory: the container's init process, "<pid> <start time>" (runc's --pid-file, and the
+# start time from /proc: a pid can be reused). `list` reads it instead of running `runc list`.
+INIT = "init"
 # `runc run --detach` returns in ~0.1 s; one that takes this long is hung.
 START_TIMEOUT = 30
 
@@ -312,12 +313,14 @@ class NodeRuntime:
             # Its own process group, recorded: `delete` (from any process, after a controller restart too)
             # can kill a start that hangs.
             proc = subprocess.Popen(
-                self._runc() + [*verb, "--bundle", str(bundle), name],
+                self._runc() + [*verb, "--pid-file", str(node_dir / "init.pid"), "--bundle", str(bundle), name],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )
         launcher.write_text(f"{proc.pid}\n")
         try:
             code = proc.wait(timeout=START_TIMEOUT)
+            if code == 0:
+                self._record_init(node_dir)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             proc.wait()
@@ -330,20 +333,31 @@ class NodeRuntime:
         if prepared is not None:
             (node_dir / PREPARED).write_text(prepared)
 
+    def _record_init(self, node_dir: Path) -> None:
+        """Keep the container's init process (`INIT`), written before the launcher's record goes: a listing
+        in between would ask runc."""
+        pid = (node_dir / "init.pid").read_text().strip()
+        try:
+            (node_dir / INIT).write_text(f"{pid} {_started(pid)}\n")
+        except FileNotFoundError:
+            pass  # exited already: runc tells (`_state`)
+
     def _network(self, name: str) -> None:
         ns = self._node_netns(name)
         veth = f"v{self._index[name]}"
         # Three `ip` processes, not eight: each is ~10 ms of a start on a loaded machine. `-batch` stops at
-        # the first failing line and exits non-zero, naming it. `addrgenmode none`: the cluster speaks IPv4
-        # only, and each new link's IPv6 set-up (a link-local address, its duplicate detection and MLD
-        # reports, multicast that the bridge floods to every port) is work for nothing.
+        # the first failing line and exits non-zero, naming it. Namespaces entered by nsenter, not `ip -n`,
+        # which copies the host's mount namespace to remount /sys: three mounts per node, half of `ip`'s CPU
+        # in a 280-node burst. `addrgenmode none`: the cluster speaks IPv4 only, and each new link's IPv6
+        # set-up (a link-local address, its duplicate detection and MLD reports, multicast that the bridge
+        # floods to every port) is work for nothing.
         run(["ip", "netns", "add", ns])
         mtu = f" mtu {self.mtu}" if self.mtu is not None else ""  # a VXLAN tunnel's overhead: smaller frames
-        run(["ip", "-n", self.netns, "-batch", "-"], input=(
+        run([*enter_netns(self.netns), "ip", "-batch", "-"], input=(
             f"link add {veth} type veth peer name eth0 netns {ns}\n"
             f"link set {veth} addrgenmode none master {BRIDGE}{mtu} up\n"
         ))
-        run(["ip", "-n", ns, "-batch", "-"], input=(
+        run([*enter_netns(ns), "ip", "-batch", "-"], input=(
             "link set lo up\n"
             f"link set eth0 address {self._mac(name)} addrgenmode none{mtu}\n"
             f"addr add {self.address(name)}/{NETWORK.prefixlen} dev eth0\n"
@@ -490,45 +504,41 @@ class NodeRuntime:
             # The veth pair disappears asynchronously after its namespace goes; a node re-created with the
             # same name before then would fail to add its veth.
             for _ in range(100):
-                if run(["ip", "-n", self.netns, "link", "show", veth], check=False).returncode != 0:
+                if run([*enter_netns(self.netns), "ip", "link", "show", veth], check=False).returncode != 0:
                     break
                 time.sleep(0.05)
         shutil.rmtree(node_dir, ignore_errors=True)
 
     def _kill_launcher(self, name: str) -> None:
-        """Kill a `runc run` still starting the node, if any (its pid is checked: pids get reused)."""
+        """Kill a `runc run` still starting the node, if any."""
+        pid = self._launcher(name)
+        if pid is not None:
+            _kill_group(pid)
+
+    def _launcher(self, name: str) -> int | None:
+        """The `runc run` or `runc create` making the node, if one runs (its pid is checked: pids get reused)."""
         bundle = self._node_dir(name) / "bundle"
         try:
             pid = int((self._node_dir(name) / "runc.pid").read_text())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
-            return
-        if f"--bundle\0{bundle}\0".encode() in cmdline:
-            _kill_group(pid)
+            return None
+        return pid if f"--bundle\0{bundle}\0".encode() in cmdline else None
 
     def list(self) -> dict[str, NodeInfo]:
+        """The nodes in this runtime's directory and the state of their containers, from /proc and files, as
+        `runc list` would tell (see `_state`): it costs ~90 ms of CPU at 280 nodes, and the controller lists
+        at every step. A listing that cannot be read is an error, never "no containers": the controller
+        would delete every node."""
         nodes: dict[str, NodeInfo] = {}
         if not self.nodes.is_dir():
             return nodes
-        # A listing that fails is an error, never "no containers": the controller would delete every node.
-        for attempt in range(LIST_ATTEMPTS):
-            try:
-                listing = run(self._runc() + ["list", "--format", "json"], timeout=20).stdout.strip()
-                states = {c["id"]: c["status"] for c in json.loads(listing or "null") or []}
-                break
-            except CommandError as exc:
-                # runc reads its state directory, then each container's: one removed in between (a delete
-                # on the pool, as when 280 idle nodes go together) fails the whole listing. Listed again.
-                if "no such file or directory" not in exc.stderr.lower() or attempt == LIST_ATTEMPTS - 1:
-                    raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
-            except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
         for node_dir in self.nodes.iterdir():
             try:
                 created = float((node_dir / "created").read_text())
             except (OSError, ValueError):
                 created = node_dir.stat().st_mtime
-            state = states.get(node_dir.name)
+            state = self._state(node_dir)
             made = self._prepared(node_dir.name)
             # A running container is a node whatever its directory says: never hidden from the controller.
             if made is not None and state != "running":
@@ -537,6 +547,41 @@ class NodeRuntime:
             else:
                 nodes[node_dir.name] = NodeInfo(node_dir.name, state == "running", created)
         return nodes
+
+    def _state(self, node_dir: Path) -> str | None:
+        """runc's state of the node's container: "created" while its init waits for `runc start` (runc's own
+        test: the container's exec fifo is there), "running" once started, None if it has no container or
+        its init is gone (exited, a zombie, or its pid now another process's: the start time differs).
+        Without an `INIT` record: nothing yet while runc makes it, else runc tells (a node made before
+        Accordion kept one, a record cut short by a crash)."""
+        name = node_dir.name
+        try:
+            pid, started = (node_dir / INIT).read_text().split()
+        except (FileNotFoundError, ValueError):
+            return None if self._launcher(name) is not None else self._runc_state(name)
+        except OSError as exc:
+            raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
+        try:
+            if _started(pid) != started:
+                return None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
+        return "created" if (self.run / "runc" / name / "exec.fifo").exists() else "running"
+
+    def _runc_state(self, name: str) -> str | None:
+        if not (self.run / "runc" / name).exists():
+            return None
+        try:
+            out = run(self._runc() + ["state", name], timeout=20).stdout
+            return str(json.loads(out)["status"])
+        except CommandError as exc:
+            if "does not exist" in exc.stderr.lower() or "no such file" in exc.stderr.lower():
+                return None  # removed meanwhile
+            raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
+        except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
 
 
 class LocalProvider:
@@ -680,6 +725,16 @@ def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
     host += [_CODE, *(str(p) for p in _hidden_files()), *_hidden_dirs()]
     made = json.dumps([asdict(spec), {k: v.hex() for k, v in secrets.items()}, host], sort_keys=True)
     return hashlib.sha256(made.encode()).hexdigest()
+
+
+def _started(pid: str) -> str:
+    """A live process's start time (clock ticks after boot, /proc/PID/stat field 22); FileNotFoundError
+    if there is no such process or it is a zombie (its container has exited)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    if fields[0] in ("Z", "X"):
+        raise FileNotFoundError(f"process {pid} has exited")
+    return fields[19]
 
 
 def _kill_group(pid: int) -> None:
