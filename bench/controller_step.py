@@ -5,21 +5,33 @@ Every node exists and runs a one-node job, and as many jobs again wait (a busy c
 policy sees every node and every job, and starts nothing). Prints the median and p95 wall time and the
 CPU time per step.
 
+With --live N: a real Slurm cluster on this machine with N node containers up and idle (pinned by
+`accordion scale`), its controller paused (SIGSTOP) while the same steps run in this process against the
+real provider and scheduler; CPU per step then counts the commands the step runs too (squeue, scontrol,
+runc). Also prints what one `runc list` of those containers costs, the listing used before.
+
     python bench/controller_step.py [--nodes 280 4000] [--steps 50]
+    python bench/controller_step.py --live 280 [--steps 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from accordion.cluster import Cluster  # noqa: E402
 from accordion.config import ClusterConfig  # noqa: E402
 from accordion.controller import Controller  # noqa: E402
 from accordion.events import EventLog  # noqa: E402
@@ -64,11 +76,65 @@ def bench(nodes: int, steps: int) -> tuple[float, float, float]:
     return percentile(wall, 0.5), percentile(wall, 0.95), percentile(cpu, 0.5)
 
 
+def cpu_all() -> float:
+    """CPU seconds of this process and of the commands it ran and waited for."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def live(nodes: int, steps: int) -> None:
+    name = f"step-{uuid.uuid4().hex[:4]}"
+    cfg = Path(f"/tmp/{name}.yaml")
+    ns = {"name": "compute", "name_base": "n", "max_nodes": nodes, "cpus": 1, "memory_mb": 256, "idle_timeout": 600}
+    cfg.write_text(json.dumps({"name": name, "nodesets": [ns]}))
+    cli = [sys.executable, "-m", "accordion"]
+    subprocess.run([*cli, "up", "-f", str(cfg)], check=True, capture_output=True)
+    controller = 0
+    try:
+        subprocess.run([*cli, "scale", "compute", str(nodes), "-c", name], check=True, capture_output=True, timeout=600)
+        cluster = Cluster.load(name)
+        deadline = time.monotonic() + 300
+        while sum(1 for n in cluster.scheduler.observe().nodes.values() if n.state == SchedState.IDLE) < nodes:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{nodes} nodes not idle within 300 s")
+            time.sleep(1)
+        controller = int((cluster.paths.run / "pids" / "controller.pid").read_text())
+        os.kill(controller, signal.SIGSTOP)
+        ctl = Controller(cluster.config, cluster.paths, cluster.scheduler, cluster.provider, cluster.events)
+        ctl.step()
+        wall, cpu = [], []
+        for _ in range(steps):
+            w0, c0 = time.perf_counter(), cpu_all()
+            ctl.step()
+            wall.append(time.perf_counter() - w0)
+            cpu.append(cpu_all() - c0)
+        ctl.close()
+        listed = len([n for n in cluster.provider.list().values() if n.running])
+        runc = ["runc", "--root", str(cluster.paths.run / "runc"), "list", "--format", "json"]
+        lists = []
+        for _ in range(10):
+            c0 = cpu_all()
+            subprocess.run(runc, check=True, capture_output=True)
+            lists.append(cpu_all() - c0)
+        print(f"live, {listed} node containers up and idle, {steps} steps: median {percentile(wall, 0.5) * 1000:.1f} ms, "
+              f"p95 {percentile(wall, 0.95) * 1000:.1f} ms, CPU per step (with its commands) {percentile(cpu, 0.5) * 1000:.1f} ms; "
+              f"one `runc list`: {percentile(lists, 0.5) * 1000:.1f} ms of CPU")
+    finally:
+        if controller:
+            os.kill(controller, signal.SIGCONT)
+        subprocess.run([*cli, "down", "-c", name], capture_output=True)
+        cfg.unlink(missing_ok=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, nargs="+", default=[280, 4000])
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--live", type=int, metavar="N", help="N real node containers instead of stand-ins (see above)")
     args = ap.parse_args()
+    if args.live:
+        live(args.live, args.steps)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ACCORDION_STATE"] = tmp
         print(f"{'nodes':>6} {'jobs':>6} {'median ms':>10} {'p95 ms':>8} {'CPU ms/step':>12}")
