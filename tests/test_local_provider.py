@@ -84,12 +84,14 @@ def test_a_node_whose_init_exited_or_whose_pid_was_reused_is_not_running(tmp_pat
     assert calls == []
 
 
-def test_without_a_record_runc_tells_unless_a_start_is_under_way(tmp_path, monkeypatch):
-    # A node made before Accordion kept the record: runc's own state.
-    rt, calls = runtime(tmp_path, monkeypatch, ['{"id": "n-0", "status": "running", "pid": 1}'])
+def test_without_a_record_runc_tells_unless_a_start_is_under_way(tmp_path, monkeypatch, child):
+    # A node made before Accordion kept the record: runc's own state, recorded, so runc is asked once.
+    rt, calls = runtime(tmp_path, monkeypatch, [f'{{"id": "n-0", "status": "running", "pid": {child.pid}}}'])
     (rt.run / "runc" / "n-0").mkdir(parents=True)
     assert rt.list() == {"n-0": local.NodeInfo("n-0", True, 5.0)}
     assert calls and calls[0][-2:] == ["state", "n-0"]
+    assert rt.list() == {"n-0": local.NodeInfo("n-0", True, 5.0)}
+    assert len(calls) == 1
     # Removed between the directory listing and runc's answer: gone, not an error.
     rt, calls = runtime(tmp_path / "b", monkeypatch, [CommandError(["runc", "state"], 1, "container does not exist")])
     (rt.run / "runc" / "n-0").mkdir(parents=True)
@@ -100,6 +102,10 @@ def test_without_a_record_runc_tells_unless_a_start_is_under_way(tmp_path, monke
     bundle = rt.nodes / "n-0" / "bundle"
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--bundle", str(bundle), "n-0"])
     try:
+        deadline = time.monotonic() + 10
+        while b"--bundle" not in Path(f"/proc/{launcher.pid}/cmdline").read_bytes():  # until it has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         (rt.nodes / "n-0" / "runc.pid").write_text(f"{launcher.pid}\n")
         assert rt.list()["n-0"].running is False
         assert calls == []

@@ -320,7 +320,7 @@ class NodeRuntime:
         try:
             code = proc.wait(timeout=START_TIMEOUT)
             if code == 0:
-                self._record_init(node_dir)
+                self._record_init(node_dir, (node_dir / "init.pid").read_text().strip())
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             proc.wait()
@@ -333,14 +333,14 @@ class NodeRuntime:
         if prepared is not None:
             (node_dir / PREPARED).write_text(prepared)
 
-    def _record_init(self, node_dir: Path) -> None:
-        """Keep the container's init process (`INIT`), written before the launcher's record goes: a listing
-        in between would ask runc."""
-        pid = (node_dir / "init.pid").read_text().strip()
+    @staticmethod
+    def _record_init(node_dir: Path, pid: str) -> None:
+        """Keep the container's init process (`INIT`). At a start, written before the launcher's record
+        goes: a listing in between would ask runc."""
         try:
             (node_dir / INIT).write_text(f"{pid} {_started(pid)}\n")
         except FileNotFoundError:
-            pass  # exited already: runc tells (`_state`)
+            pass  # exited already (runc tells, `_state`), or the node was removed meanwhile
 
     def _network(self, name: str) -> None:
         ns = self._node_netns(name)
@@ -558,7 +558,7 @@ class NodeRuntime:
         try:
             pid, started = (node_dir / INIT).read_text().split()
         except (FileNotFoundError, ValueError):
-            return None if self._launcher(name) is not None else self._runc_state(name)
+            return None if self._launcher(name) is not None else self._runc_state(node_dir)
         except OSError as exc:
             raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
         try:
@@ -570,17 +570,23 @@ class NodeRuntime:
             raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
         return "created" if (self.run / "runc" / name / "exec.fifo").exists() else "running"
 
-    def _runc_state(self, name: str) -> str | None:
+    def _runc_state(self, node_dir: Path) -> str | None:
+        """runc's own answer, recorded (`INIT`) for a live container so that it is asked once: 280 nodes made
+        by an earlier version would otherwise be 280 `runc state` at every step."""
+        name = node_dir.name
         if not (self.run / "runc" / name).exists():
             return None
         try:
-            out = run(self._runc() + ["state", name], timeout=20).stdout
-            return str(json.loads(out)["status"])
+            state = json.loads(run(self._runc() + ["state", name], timeout=20).stdout)
+            status, pid = str(state["status"]), int(state["pid"])
+            if status in ("created", "running") and pid > 0:
+                self._record_init(node_dir, str(pid))
+            return status
         except CommandError as exc:
             if "does not exist" in exc.stderr.lower() or "no such file" in exc.stderr.lower():
                 return None  # removed meanwhile
             raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
-        except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ProviderError(f"cannot list the nodes of {self.config.name}: {exc}") from None
 
 
