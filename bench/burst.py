@@ -135,6 +135,21 @@ def main() -> None:
         total = time.monotonic() - t_end
         print(f"scale-down: {n} -> 0 nodes {total:.1f} s after the jobs ended, {max(0.0, total - args.idle_timeout):.1f} s "
               f"after the idle timeout ({args.idle_timeout:.0f} s; target <= 15 s)")
+    except BaseException:
+        # What the cluster looked like when the bench gave up, before `down` removes it.
+        evs = [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
+        kinds: dict[str, int] = {}
+        for e in evs:
+            kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+        print(f"events by kind: {kinds}", file=sys.stderr)
+        for e in evs[-15:]:
+            print(f"  {e}", file=sys.stderr)
+        for script in ("sinfo -h -o '%T %D'", "squeue -h -o %T | sort | uniq -c"):
+            try:
+                print(f"{script}:\n{sh(script, timeout=30)}", file=sys.stderr)
+            except (subprocess.SubprocessError, OSError) as exc:
+                print(f"{script}: {exc}", file=sys.stderr)
+        raise
     finally:
         accordion("down", "-c", name)
         cfg.unlink(missing_ok=True)
