@@ -338,7 +338,8 @@ class NodeRuntime:
         """Keep the container's init process (`INIT`). At a start, written before the launcher's record
         goes: a listing in between would ask runc."""
         try:
-            (node_dir / INIT).write_text(f"{pid} {_started(pid)}\n")
+            (node_dir / "init.new").write_text(f"{pid} {_started(pid)}\n")
+            os.replace(node_dir / "init.new", node_dir / INIT)  # whole for readers in other processes (`status`)
         except FileNotFoundError:
             pass  # exited already (runc tells, `_state`), or the node was removed meanwhile
 
@@ -537,7 +538,10 @@ class NodeRuntime:
             try:
                 created = float((node_dir / "created").read_text())
             except (OSError, ValueError):
-                created = node_dir.stat().st_mtime
+                try:
+                    created = node_dir.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # removed since the directory was read
             state = self._state(node_dir)
             made = self._prepared(node_dir.name)
             # A running container is a node whatever its directory says: never hidden from the controller.
@@ -736,7 +740,10 @@ def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
 def _started(pid: str) -> str:
     """A live process's start time (clock ticks after boot, /proc/PID/stat field 22); FileNotFoundError
     if there is no such process or it is a zombie (its container has exited)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except ProcessLookupError:  # reaped between the open and the read
+        raise FileNotFoundError(f"process {pid} has exited") from None
     fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
     if fields[0] in ("Z", "X"):
         raise FileNotFoundError(f"process {pid} has exited")
