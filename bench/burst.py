@@ -35,6 +35,13 @@ def accordion(*args: str) -> str:
     return subprocess.run([sys.executable, "-m", "accordion", *args], check=True, capture_output=True, text=True).stdout
 
 
+def cpu_busy() -> float:
+    """CPU seconds this machine has spent busy (every core, every process) since it booted: /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]  # then steal (the hypervisor's), guests (in user)
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=280)
@@ -42,6 +49,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8, help="controller.workers: starts and deletes at once (its default)")
     ap.add_argument("--thesis", action="store_true", help="also srun -N<nodes> hostname and <nodes> MPI pi jobs")
     ap.add_argument("--deadline", type=float, default=300.0)
+    ap.add_argument("--keep", action="store_true", help="when the bench gives up, leave the cluster up to look at it "
+                    "(remove it with `accordion down -c NAME`)")
     args = ap.parse_args()
     n = args.nodes
 
@@ -82,9 +91,11 @@ def main() -> None:
     try:
         (shared / "job.sh").write_text("#!/bin/bash\nsleep 3600\n")
         ids = sh(f"for i in $(seq {n}); do sbatch -H --parsable -o /dev/null {shared}/job.sh; done").split()
-        t_release = time.time()
+        t_release, cpu_release = time.time(), cpu_busy()
         sh(f"scontrol release {','.join(ids)}")
+        print(f"{n} jobs released", flush=True)  # a profiler can start now
         up = wait(f"{n} jobs running", lambda: running() >= n)
+        cpu = cpu_busy() - cpu_release
         evs = [json.loads(line) for line in events.read_text().splitlines()]
         evs = [e for e in evs if e["ts"] >= t_release]
         failed = sum(1 for e in evs if e["kind"] == "failed")
@@ -99,7 +110,8 @@ def main() -> None:
         last = {k: max((e["ts"] for e in evs if e["kind"] == k), default=None) for k in ("requested", "started", "registered", "busy")}
         print("timeline from the release, last event of each kind: "
               + ", ".join(f"{k} {ts - t_release:.1f} s" for k, ts in last.items() if ts is not None))
-        print(f"load average after the burst: {os.getloadavg()[0]:.1f}")
+        print(f"CPU busy during the burst (every process, all {os.cpu_count()} cores): {cpu:.1f} s, {1000 * cpu / n:.0f} ms per node; "
+              f"load average after it: {os.getloadavg()[0]:.1f}")
 
         if args.thesis:
             mem = []
@@ -149,9 +161,13 @@ def main() -> None:
                 print(f"{script}:\n{sh(script, timeout=30)}", file=sys.stderr)
             except (subprocess.SubprocessError, OSError) as exc:
                 print(f"{script}: {exc}", file=sys.stderr)
+        if args.keep:
+            print(f"left up: accordion down -c {name}", file=sys.stderr)
+            name = ""
         raise
     finally:
-        accordion("down", "-c", name)
+        if name:
+            accordion("down", "-c", name)
         cfg.unlink(missing_ok=True)
 
 

@@ -61,6 +61,9 @@ def test_down_leaves_nothing_behind(make_cluster):
     running = _leftovers(c.name)
     for daemon in ("accordion supervise", "accordion controller", "slurmctld"):
         assert any(daemon in line for line in running), f"the probe should see {daemon}: {running}"
+    # A started node's root, scratch and network namespace are its container's alone: the host's mount
+    # table, which every runc reads and every new container copies, holds none of them.
+    assert [line for line in running if line.startswith(("mount", "netns")) and "hpc-node" in line] == []
     c.down()
     assert _leftovers(c.name) == []
 

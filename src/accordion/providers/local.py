@@ -13,6 +13,8 @@ audit than a chain of unshare/nsenter/mount calls and matches what a Kubernetes 
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import ipaddress
 import json
@@ -330,6 +332,7 @@ class NodeRuntime:
         if code != 0:
             tail = (self.logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise ProviderError(f"runc could not start node {name}: {' | '.join(tail)}")
+        self._leave_host(name)
         if prepared is not None:
             (node_dir / PREPARED).write_text(prepared)
 
@@ -482,6 +485,22 @@ class NodeRuntime:
                 "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
             },
         }
+
+    def _leave_host(self, name: str) -> None:
+        """Take the node's root, scratch and network namespace out of the host's mount table once its
+        container runs or waits (`runc create` set up its mounts): the container holds its own references
+        to them, and goes with them. Every runc reads the host's table (mountinfo) several times and every
+        new container copies it, so three mounts per node made a 280-node burst's starts cost in
+        proportion to the nodes already up. Lazily (MNT_DETACH), as `ip netns del` does: nothing here
+        uses them any more."""
+        node_dir = self._node_dir(name)
+        netns = Path("/run/netns") / self._node_netns(name)
+        for mnt in (node_dir / "rootfs", node_dir / "scratch", netns):
+            if _libc.umount2(os.fsencode(mnt), MNT_DETACH) != 0:
+                err = ctypes.get_errno()
+                if err not in (errno.EINVAL, errno.ENOENT):  # not a mount (any more): nothing to take out
+                    raise ProviderError(f"cannot unmount {mnt} of node {name}: {os.strerror(err)}")
+        netns.unlink(missing_ok=True)
 
     def delete(self, name: str) -> None:
         self._kill_launcher(name)
@@ -735,6 +754,10 @@ def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
     host += [_CODE, *(str(p) for p in _hidden_files()), *_hidden_dirs()]
     made = json.dumps([asdict(spec), {k: v.hex() for k, v in secrets.items()}, host], sort_keys=True)
     return hashlib.sha256(made.encode()).hexdigest()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2  # <sys/mount.h>
 
 
 def _started(pid: str) -> str:
