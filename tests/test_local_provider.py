@@ -124,3 +124,22 @@ def test_a_listing_that_cannot_be_read_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(ProviderError, match="cannot list"):
         rt.list()
     assert os.path.isdir(rt.nodes / "n-0")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_mounts_are_system_calls_that_name_what_failed(tmp_path):
+    """A node's mounts are made and taken out without `mount` or `ip` processes: a mount that fails names
+    its target, and taking out what is not (or no longer) mounted does nothing."""
+    with pytest.raises(ProviderError, match=f"cannot mount tmpfs on {tmp_path / 'missing'}: No such file"):
+        local._mount("tmpfs", tmp_path / "missing", "tmpfs", "size=1m")
+    rt = local.NodeRuntime(CONFIG, "t", tmp_path / "run", tmp_path / "logs")
+    scratch = rt.nodes / "n-0" / "scratch"
+    scratch.mkdir(parents=True)
+    local._mount("tmpfs", scratch, "tmpfs", "size=1m")
+    try:
+        assert os.path.ismount(scratch)
+        rt._leave_host("n-0")
+        assert not os.path.ismount(scratch)
+        rt._leave_host("n-0")  # nothing mounted any more: nothing to do
+    finally:
+        subprocess.run(["umount", str(scratch)], capture_output=True)

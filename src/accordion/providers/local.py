@@ -349,15 +349,15 @@ class NodeRuntime:
     def _network(self, name: str) -> None:
         ns = self._node_netns(name)
         veth = f"v{self._index[name]}"
-        # Three `ip` processes, not eight: each is ~10 ms of a start on a loaded machine. `-batch` stops at
-        # the first failing line and exits non-zero, naming it. Namespaces entered by nsenter, not `ip -n`,
-        # which copies the host's mount namespace to remount /sys: three mounts per node, half of `ip`'s CPU
-        # in a 280-node burst. `addrgenmode none`: the cluster speaks IPv4 only, and each new link's IPv6
-        # set-up (a link-local address, its duplicate detection and MLD reports, multicast that the bridge
-        # floods to every port) is work for nothing.
-        run(["ip", "netns", "add", ns])
+        # Two `ip` processes, not eight: each is ~10 ms of a start on a loaded machine. `-batch` stops at
+        # the first failing line and exits non-zero, naming it; its `netns add` returns to the namespace
+        # it was run in. Namespaces entered by nsenter, not `ip -n`, which copies the host's mount namespace
+        # to remount /sys: half of `ip`'s CPU in a 280-node burst. `addrgenmode none`: the cluster speaks
+        # IPv4 only, and each new link's IPv6 set-up (a link-local address, its duplicate detection and MLD
+        # reports, multicast that the bridge floods to every port) is work for nothing.
         mtu = f" mtu {self.mtu}" if self.mtu is not None else ""  # a VXLAN tunnel's overhead: smaller frames
         run([*enter_netns(self.netns), "ip", "-batch", "-"], input=(
+            f"netns add {ns}\n"
             f"link add {veth} type veth peer name eth0 netns {ns}\n"
             f"link set {veth} addrgenmode none master {BRIDGE}{mtu} up\n"
         ))
@@ -373,7 +373,7 @@ class NodeRuntime:
         scratch = node_dir / "scratch"
         scratch.mkdir()
         size = max(64, min(spec.memory_mb, 2048))
-        run(["mount", "-t", "tmpfs", "-o", f"size={size}m,mode=0700", "tmpfs", str(scratch)])
+        _mount("tmpfs", scratch, "tmpfs", f"size={size}m,mode=0700")
         layer = scratch / "layer"
         for sub in ("layer/etc", "layer/var/spool/slurmd", "upper", "work"):
             (scratch / sub).mkdir(parents=True)
@@ -396,17 +396,7 @@ class NodeRuntime:
             _fresh_homes(scratch / "home")
         rootfs = node_dir / "rootfs"
         rootfs.mkdir()
-        run(
-            [
-                "mount",
-                "-t",
-                "overlay",
-                "overlay",
-                "-o",
-                f"lowerdir={layer}:/,upperdir={scratch / 'upper'},workdir={scratch / 'work'}",
-                str(rootfs),
-            ]
-        )
+        _mount("overlay", rootfs, "overlay", f"lowerdir={layer}:/,upperdir={scratch / 'upper'},workdir={scratch / 'work'}")
         return rootfs
 
     def _oci_spec(self, spec: NodeSpec, rootfs: Path) -> dict[str, object]:
@@ -492,14 +482,14 @@ class NodeRuntime:
         to them, and goes with them. Every runc reads the host's table (mountinfo) several times and every
         new container copies it, so three mounts per node made a 280-node burst's starts cost in
         proportion to the nodes already up. Lazily (MNT_DETACH), as `ip netns del` does: nothing here
-        uses them any more."""
+        uses them any more. `delete` calls it too, for a start cut short."""
         node_dir = self._node_dir(name)
         netns = Path("/run/netns") / self._node_netns(name)
         for mnt in (node_dir / "rootfs", node_dir / "scratch", netns):
             if _libc.umount2(os.fsencode(mnt), MNT_DETACH) != 0:
                 err = ctypes.get_errno()
                 if err not in (errno.EINVAL, errno.ENOENT):  # not a mount (any more): nothing to take out
-                    raise ProviderError(f"cannot unmount {mnt} of node {name}: {os.strerror(err)}")
+                    raise ProviderError(f"cannot unmount {mnt}: {os.strerror(err)}")
         netns.unlink(missing_ok=True)
 
     def delete(self, name: str) -> None:
@@ -512,13 +502,7 @@ class NodeRuntime:
                     break
                 time.sleep(0.1)
         node_dir = self._node_dir(name)
-        for mnt in (node_dir / "rootfs", node_dir / "scratch"):
-            if os.path.ismount(mnt):
-                if run(["umount", str(mnt)], check=False).returncode != 0:
-                    run(["umount", "-l", str(mnt)], check=False)
-        ns = self._node_netns(name)
-        if Path(f"/run/netns/{ns}").exists():
-            run(["ip", "netns", "del", ns], check=False)
+        self._leave_host(name)  # a start cut short left them
         if name in self._index:
             veth = f"v{self._index[name]}"
             # The veth pair disappears asynchronously after its namespace goes; a node re-created with the
@@ -756,8 +740,14 @@ def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
     return hashlib.sha256(made.encode()).hexdigest()
 
 
+# Mounts by the system calls themselves: a `mount` process costs a start more than the mount does.
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2  # <sys/mount.h>
+
+
+def _mount(source: str, target: Path, fstype: str, options: str) -> None:
+    if _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), 0, options.encode()) != 0:
+        raise ProviderError(f"cannot mount {fstype} on {target}: {os.strerror(ctypes.get_errno())}")
 
 
 def _started(pid: str) -> str:
