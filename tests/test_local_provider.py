@@ -6,6 +6,7 @@ would delete every node)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -132,7 +133,8 @@ def test_mounts_are_system_calls_that_name_what_failed(tmp_path):
     its target, and taking out what is not (or no longer) mounted does nothing."""
     with pytest.raises(ProviderError, match=f"cannot mount tmpfs on {tmp_path / 'missing'}: No such file"):
         local._mount("tmpfs", tmp_path / "missing", "tmpfs", "size=1m")
-    rt = local.NodeRuntime(CONFIG, "t", tmp_path / "run", tmp_path / "logs")
+    # A scope of its own: taking a node out of the host also removes its /run/netns entry, a real path.
+    rt = local.NodeRuntime(CONFIG, f"unit{os.getpid()}", tmp_path / "run", tmp_path / "logs")
     scratch = rt.nodes / "n-0" / "scratch"
     scratch.mkdir(parents=True)
     local._mount("tmpfs", scratch, "tmpfs", "size=1m")
@@ -143,3 +145,21 @@ def test_mounts_are_system_calls_that_name_what_failed(tmp_path):
         rt._leave_host("n-0")  # nothing mounted any more: nothing to do
     finally:
         subprocess.run(["umount", str(scratch)], capture_output=True)
+
+
+def test_teardown_tries_every_node_and_names_the_one_it_could_not_remove(tmp_path, monkeypatch):
+    rt = local.NodeRuntime(CONFIG, f"unit{os.getpid()}", tmp_path / "run", tmp_path / "logs")
+    for name in ("n-0", "n-1"):
+        (rt.nodes / name).mkdir(parents=True)
+    tried = []
+
+    def delete(name: str) -> None:
+        tried.append(name)
+        if name == "n-0":
+            raise ProviderError("cannot unmount n-0's root: Operation not permitted")
+        shutil.rmtree(rt.nodes / name)
+
+    monkeypatch.setattr(rt, "delete", delete)
+    with pytest.raises(ProviderError, match="n-0's root"):
+        rt.teardown()
+    assert tried == ["n-0", "n-1"]

@@ -138,7 +138,7 @@ def login_prefix(config: ClusterConfig, paths: ClusterPaths, netns: str) -> list
     their defaults instead of advertising the host's name or 127.0.0.1."""
     script = 'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"'
     return enter_netns(netns) + [
-        "unshare", "--uts", "--mount", "--propagation", "private",
+        "unshare", "--uts", "--mount", "--propagation", "slave",
         "sh", "-c", script, str(paths.run / "hosts"), login_name(config),
     ]
 
@@ -215,11 +215,18 @@ class NodeRuntime:
         self.nodes.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def teardown(self) -> None:
+        # Every node is tried, and the cluster's network and cgroups removed, before a node that could not
+        # be removed is reported.
+        failed: dict[str, ProviderError] = {}
         for name in sorted(self.list()):
-            self.delete(name)
+            try:
+                self.delete(name)
+            except ProviderError as exc:
+                failed[name] = exc
         if self.nodes.is_dir():
             for leftover in self.nodes.iterdir():
-                self.delete(leftover.name)
+                if leftover.name not in failed:
+                    self.delete(leftover.name)
         if Path(f"/run/netns/{self.netns}").exists():
             run(["ip", "netns", "del", self.netns], check=False)
         for top in Path("/sys/fs/cgroup").glob(f"*/accordion/{self.scope}"):
@@ -229,6 +236,8 @@ class NodeRuntime:
                     path.rmdir()
                 except OSError:
                     pass
+        if failed:
+            raise ProviderError("; ".join(map(str, failed.values())))
 
     def _node_dir(self, name: str) -> Path:
         return self.nodes / name
@@ -485,12 +494,15 @@ class NodeRuntime:
         uses them any more. `delete` calls it too, for a start cut short."""
         node_dir = self._node_dir(name)
         netns = Path("/run/netns") / self._node_netns(name)
+        failed = []
         for mnt in (node_dir / "rootfs", node_dir / "scratch", netns):
-            if _libc.umount2(os.fsencode(mnt), MNT_DETACH) != 0:
+            if _libc.umount2(os.fsencode(mnt), MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
                 err = ctypes.get_errno()
                 if err not in (errno.EINVAL, errno.ENOENT):  # not a mount (any more): nothing to take out
-                    raise ProviderError(f"cannot unmount {mnt}: {os.strerror(err)}")
+                    failed.append(f"{mnt}: {os.strerror(err)}")
         netns.unlink(missing_ok=True)
+        if failed:
+            raise ProviderError(f"cannot unmount {', '.join(failed)}")
 
     def delete(self, name: str) -> None:
         self._kill_launcher(name)
@@ -742,7 +754,9 @@ def _digest(spec: NodeSpec, secrets: dict[str, bytes]) -> str:
 
 # Mounts by the system calls themselves: a `mount` process costs a start more than the mount does.
 _libc = ctypes.CDLL(None, use_errno=True)
-MNT_DETACH = 2  # <sys/mount.h>
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8  # <sys/mount.h>
 
 
 def _mount(source: str, target: Path, fstype: str, options: str) -> None:

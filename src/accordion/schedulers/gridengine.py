@@ -282,7 +282,7 @@ class GridEngineScheduler:
         """Run a command where Grid Engine finds the head under its name: the host name is `<cluster>-head`
         and /etc/hosts is the cluster's (Grid Engine resolves its own name and every peer's address)."""
         script = 'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"'
-        return ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, str(self.hosts), self.head]
+        return ["unshare", "--mount", "--uts", "--propagation", "slave", "sh", "-c", script, str(self.hosts), self.head]
 
     def _cmd(self, argv: list[str], timeout: float = 30, input: str | None = None) -> str:
         try:

@@ -253,7 +253,7 @@ class OarScheduler:
             'mount --bind "$0" /etc/oar/oar.conf && mount --bind "$1" /etc/hosts && '
             'mount --bind "$2" /var/lib/oar/.ssh && shift 2 && exec "$@"'
         )
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(self.conf), str(self.hosts), str(self.ssh)]
+        return ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script, str(self.conf), str(self.hosts), str(self.ssh)]
 
     def user_added(self, user: str) -> None:
         """OAR needs nothing: it records every job with its user in its own database (`oarstat --accounting`)."""
