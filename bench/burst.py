@@ -88,13 +88,22 @@ def main() -> None:
     def running() -> int:
         return int(sh("squeue -h -t R | wc -l").strip())
 
+    def all_running() -> bool:
+        """All n jobs run. A job that ended first (it failed as it started) is reported, not waited for."""
+        states = sh("squeue -h -o %T").split()
+        if len(states) < n:
+            ended = sh("sacct -X -n -P -r compute -S now-1hours -o JobID,State,ExitCode,NodeList,Start,End "
+                       "| grep -v '|RUNNING|' || true")
+            raise SystemExit(f"{n - len(states)} of the {n} jobs ended before all ran (JobID|State|ExitCode|NodeList|Start|End):\n{ended}")
+        return states.count("RUNNING") >= n
+
     try:
         (shared / "job.sh").write_text("#!/bin/bash\nsleep 3600\n")
         ids = sh(f"for i in $(seq {n}); do sbatch -H --parsable -o /dev/null {shared}/job.sh; done").split()
         t_release, cpu_release = time.time(), cpu_busy()
         sh(f"scontrol release {','.join(ids)}")
         print(f"{n} jobs released", flush=True)  # a profiler can start now
-        up = wait(f"{n} jobs running", lambda: running() >= n)
+        up = wait(f"{n} jobs running", all_running)
         cpu = cpu_busy() - cpu_release
         evs = [json.loads(line) for line in events.read_text().splitlines()]
         evs = [e for e in evs if e["ts"] >= t_release]
