@@ -4,8 +4,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/setup.sh"
 # The report test opens the page in a real browser; the Kubernetes stand-in serves cluster DNS with dnsmasq;
-# the status test reads `accordion status` from a real 80-column terminal (tmux).
-for pkg in chromium dnsmasq-base tmux; do
+# the status test reads `accordion status` from a real 80-column terminal (tmux); a never-kill test holds
+# slurmd's listen() with strace's fault injection.
+for pkg in chromium dnsmasq-base tmux strace; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
     echo "==> installing $pkg (tests only)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null

@@ -234,3 +234,11 @@ def test_a_kept_connection_is_reused_and_renewed_once_the_agent_closed_it(served
     threading.Event().wait(1.0)  # the agent closes it as idle
     kept.call("/v1/delete", {"name": "hpc-node-2"})
     assert kept._conn is not first and calls == ["hpc-node-0", "hpc-node-1", "hpc-node-2"]
+
+
+def test_a_node_spec_crosses_to_the_agent_whole():
+    from accordion.providers.base import Bind, NodeSpec
+
+    spec = NodeSpec("n-0", 2, 512, ["/usr/sbin/slurmd"], [Bind("/a", "/b", readonly=False)], {"K": "v"},
+                    {"/etc/k": "/head/k"}, {"/usr/local/libexec/x/hook": "#!/bin/sh\n"})
+    assert A.spec_from_json(A.spec_to_json(spec)) == spec

@@ -61,7 +61,7 @@ def provider(server, tmp_path, monkeypatch):
 def spec(p, name="hpc-node-0", cpus=2, memory=512):
     return NodeSpec(name, cpus, memory, ["/usr/sbin/slurmd", "-D", "-N", name],
                     [Bind("/run/x", "/run/munge", head_only=True), Bind("/srv/accordion/kc", "/srv/accordion/kc", readonly=False)],
-                    secrets={"/etc/munge-key/munge.key": str(p.key)})
+                    secrets={"/etc/munge-key/munge.key": str(p.key)}, files={"/usr/local/libexec/x/hook": "#!/bin/sh\n"})
 
 
 def pods(p):
@@ -89,9 +89,13 @@ def test_pod_spec_maps_the_node_set(provider):
         assert pod.spec.hostname == name and pod.spec.subdomain == "kc-nodes"
         assert [(o.kind, o.name, o.uid) for o in pod.metadata.owner_references] == [("ConfigMap", "accordion-kc", owner.metadata.uid)]
         mounts = {m.mount_path for m in c.volume_mounts}
-        assert mounts == {"/etc/munge-key", "/srv/accordion/kc"}  # the head's socket is not offered to Pods
+        assert mounts == {"/etc/munge-key", "/srv/accordion/kc", "/usr/local/libexec/x"}  # the head's socket is not offered to Pods
+        # The key readable by root only, the hook by everyone (it runs as the job's user).
+        items = {i.key: i.mode for v in pod.spec.volumes if v.secret for i in v.secret.items}
+        assert items == {"munge.key": 0o400, "hook": 0o755}
     secret = provider.api.read_namespaced_secret("kc-secrets", NS)
-    assert set(secret.data) == {"munge.key"} and secret.metadata.owner_references[0].name == "accordion-kc"
+    assert set(secret.data) == {"munge.key", "hook"} and secret.metadata.owner_references[0].name == "accordion-kc"
+    assert base64.b64decode(secret.data["hook"]) == b"#!/bin/sh\n"
     svc = provider.api.read_namespaced_service("kc-nodes", NS)
     assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses is True
     assert provider.address("hpc-node-0") == "hpc-node-0.kc-nodes"

@@ -259,12 +259,13 @@ def secret_data(spec: NodeSpec) -> dict[str, str]:
 
 def spec_to_json(spec: NodeSpec) -> dict[str, Any]:
     return {"name": spec.name, "cpus": spec.cpus, "memory_mb": spec.memory_mb, "command": spec.command,
-            "binds": [vars(b) for b in spec.binds], "env": spec.env, "secrets": spec.secrets}
+            "binds": [vars(b) for b in spec.binds], "env": spec.env, "secrets": spec.secrets,
+            "files": spec.files}
 
 
 def spec_from_json(data: dict[str, Any]) -> NodeSpec:
     return NodeSpec(data["name"], int(data["cpus"]), int(data["memory_mb"]), list(data["command"]),
-                    [Bind(**b) for b in data["binds"]], dict(data["env"]), dict(data["secrets"]))
+                    [Bind(**b) for b in data["binds"]], dict(data["env"]), dict(data["secrets"]), dict(data["files"]))
 
 
 def capacity() -> dict[str, int]:

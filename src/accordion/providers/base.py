@@ -44,6 +44,9 @@ class NodeSpec:
     # Files a node needs that a provider whose nodes cannot share the head's sockets (Pods) delivers
     # instead: target path in the node -> path on the head. Binds with `head_only` are skipped there.
     secrets: dict[str, str] = field(default_factory=dict)
+    # Small files every user of the node reads and runs (a scheduler's hook scripts): target path in the node
+    # -> contents. Every provider delivers them (0755), on the node's own layer or volume, not from the head.
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

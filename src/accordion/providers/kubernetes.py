@@ -187,6 +187,7 @@ class KubernetesProvider:
 
     def _ensure_secret(self, spec: NodeSpec) -> None:
         data = {Path(target).name: base64.b64encode(Path(source).read_bytes()).decode() for target, source in spec.secrets.items()}
+        data |= {Path(target).name: base64.b64encode(text.encode()).decode() for target, text in spec.files.items()}
         body = {"metadata": self._owned(self.secret), "type": "Opaque", "data": data}
         # Serialised: Pods start side by side, and none may be created while the Secret is being replaced.
         with self._secret_lock:
@@ -207,8 +208,10 @@ class KubernetesProvider:
         resources = {"cpu": str(spec.cpus), "memory": f"{spec.memory_mb}Mi"}
         mounts: list[dict[str, object]] = []
         volumes: list[dict[str, object]] = []
-        for i, target in enumerate(sorted({str(Path(t).parent) for t in spec.secrets})):
-            items = [{"key": Path(t).name, "path": Path(t).name, "mode": 0o400} for t in spec.secrets if str(Path(t).parent) == target]
+        # The node's files travel in the same Secret as its secrets, readable and runnable by all.
+        modes = {t: 0o400 for t in spec.secrets} | {t: 0o755 for t in spec.files}
+        for i, target in enumerate(sorted({str(Path(t).parent) for t in modes})):
+            items = [{"key": Path(t).name, "path": Path(t).name, "mode": m} for t, m in modes.items() if str(Path(t).parent) == target]
             volumes.append({"name": f"secret-{i}", "secret": {"secretName": self.secret, "items": items, "defaultMode": 0o400}})
             mounts.append({"name": f"secret-{i}", "mountPath": target, "readOnly": True})
         for i, b in enumerate(b for b in spec.binds if not b.head_only):
@@ -251,7 +254,7 @@ class KubernetesProvider:
             raise ProviderError(f"{spec.name} is not a node of cluster {self.config.name}")
         foreign = False
         try:
-            if spec.secrets:
+            if spec.secrets or spec.files:
                 self._ensure_secret(spec)
             body = self.pod_manifest(spec)
             since = time.monotonic()

@@ -394,6 +394,11 @@ class NodeRuntime:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(path, "wb", opener=lambda p, f: os.open(p, f, 0o400)) as out:
                 out.write(data)
+        for target, text in spec.files.items():
+            path = layer / Path(target).relative_to("/")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            path.write_text(text)
+            path.chmod(0o755)
         # The accounts stay (PAM's account check, as in `su` from root, fails for a user missing from
         # /etc/shadow), their password hashes do not.
         for name in ("/etc/shadow", "/etc/gshadow"):
