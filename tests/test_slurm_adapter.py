@@ -7,7 +7,16 @@ from accordion.config import ClusterConfig
 from accordion.model import SchedState
 from accordion.paths import ClusterPaths
 from accordion.providers.local import LocalProvider
-from accordion.schedulers.slurm import array_tasks, node_view, parse_scontrol_oneliner, parse_squeue_json, render_slurm_conf
+from accordion.schedulers.slurm import (
+    SCONTROL,
+    SLURMD_SPOOL,
+    TASK_PROLOG_SCRIPT,
+    array_tasks,
+    node_view,
+    parse_scontrol_oneliner,
+    parse_squeue_json,
+    render_slurm_conf,
+)
 
 LINE = (
     "NodeName=hpc-node-1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=1 CPUEfctv=2 CPUTot=2 CPULoad=0.00 "
@@ -172,3 +181,51 @@ def test_a_nudge_waits_for_a_node_that_has_not_registered_yet(tmp_path, monkeypa
     states[:] = ["ALLOCATED"]
     sched.nudge(["c-0"])
     assert calls == ["scontrol"]
+
+
+def run_task_prolog(tmp_path: Path, env: dict[str, str], script: bool = True, job_dir: bool = True, requeue_rc: int = 0):
+    """The generated TaskProlog under /bin/sh (dash), on a spool of its own, with a stand-in scontrol that
+    records its arguments: (exit code, stdout, scontrol's arguments or None)."""
+    spool = tmp_path / "spool"
+    job_dir_path = spool / "job00042"
+    job_dir_path.mkdir(parents=True)
+    if script:
+        (job_dir_path / "slurm_script").write_text("#!/bin/sh\n")
+    if not job_dir:
+        shutil.rmtree(job_dir_path)
+    calls = tmp_path / "calls"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {calls}\nexit {requeue_rc}\n')
+    scontrol.chmod(0o755)
+    prolog = tmp_path / "prolog"
+    prolog.write_text(TASK_PROLOG_SCRIPT.replace(SLURMD_SPOOL, str(spool)).replace(SCONTROL, str(scontrol)))
+    proc = subprocess.run(["/bin/sh", str(prolog)], env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", **env},
+                          capture_output=True, text=True, timeout=10)
+    return proc.returncode, proc.stdout, calls.read_text().strip() if calls.exists() else None
+
+
+def test_the_task_prolog_leaves_a_batch_job_whose_script_is_there(tmp_path):
+    assert run_task_prolog(tmp_path, {}) == (0, "", None)
+
+
+def test_the_task_prolog_requeues_a_batch_job_whose_script_is_gone(tmp_path):
+    rc, out, call = run_task_prolog(tmp_path, {}, script=False)
+    assert (rc, call) == (1, "requeue 42") and out.startswith("print accordion: slurmd deleted") and "requeued" in out
+    # slurmd's purge removes the directory too
+    assert run_task_prolog(tmp_path / "d", {}, job_dir=False)[::2] == (1, "requeue 42")
+
+
+def test_the_task_prolog_requeues_one_array_task_not_the_array(tmp_path):
+    # The task that keeps the array's id: `requeue 42` would requeue every task of array 42.
+    env = {"SLURM_ARRAY_JOB_ID": "42", "SLURM_ARRAY_TASK_ID": "7"}
+    assert run_task_prolog(tmp_path, env, script=False)[::2] == (1, "requeue 42_7")
+    env = {"SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "9"}
+    assert run_task_prolog(tmp_path / "other", env, script=False)[::2] == (1, "requeue 42")
+
+
+def test_the_task_prolog_stands_aside_for_steps_repeats_and_says_why_it_cannot_requeue(tmp_path):
+    assert run_task_prolog(tmp_path / "srun", {"SLURM_STEP_ID": "0"}, script=False) == (0, "", None)
+    assert run_task_prolog(tmp_path / "again", {"SLURM_RESTART_COUNT": "3"}, script=False) == (0, "", None)
+    assert run_task_prolog(tmp_path / "twice", {"SLURM_RESTART_COUNT": "2"}, script=False)[::2] == (1, "requeue 42")
+    rc, out, call = run_task_prolog(tmp_path / "norequeue", {}, script=False, requeue_rc=1)
+    assert (rc, call) == (1, "requeue 42") and "submit it again" in out

@@ -99,8 +99,8 @@ def test_a_job_whose_script_slurmd_deletes_as_it_starts_runs_again(make_cluster)
     """Slurm 22.05's slurmd deletes a batch job's script when it lists its steps (slurmctld's periodic
     registration request, `scontrol show slurmd`) while that job's step has bound its socket and does not
     listen yet; the job failed with exit code 2 without having run (1 in ~8,000 starts of a 280-node burst).
-    Made certain here: slurmd's and its steps' listen() are held 3 s (strace's fault injection), and the
-    node lists its steps within those 3 s."""
+    Made certain here: the steps' listen() is held 10 s (strace's fault injection on slurmd and what it
+    starts), and the node lists its steps within those 10 s."""
     c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "min_nodes": 1, "max_nodes": 1, "cpus": 1,
                                     "memory_mb": 256, "idle_timeout": 600}]})
     node = "n-0"
@@ -109,23 +109,31 @@ def test_a_job_whose_script_slurmd_deletes_as_it_starts_runs_again(make_cluster)
     in_node = subprocess.run([*runc, "ps", "--format", "json", node], capture_output=True, text=True, check=True).stdout
     slurmd = [p for p in json.loads(in_node) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/sbin/slurmd\0")]
     assert len(slurmd) == 1, slurmd
-    strace = subprocess.Popen(["timeout", "60", "strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=listen",
-                               "-e", "inject=listen:delay_enter=3s", "-p", str(slurmd[0])])
+    strace = subprocess.Popen(["timeout", "90", "strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=listen",
+                               "-e", "inject=listen:delay_enter=10s", "-p", str(slurmd[0])])
     try:
-        time.sleep(1)  # attached
+        traced = Path(f"/proc/{slurmd[0]}/status")
+        wait_for(lambda: "TracerPid:\t0\n" not in traced.read_text(), 10, "strace attached to slurmd")
         out = c.shared / "lost.out"
         # As a user, not root: the guard requeues the job with the owner's own rights.
         job = c.sh(f"su nobody -s /bin/sh -c 'sbatch --parsable -o {out} --wrap=\"echo ran; id -un\"'").strip()
         socket = Path(f"/proc/{slurmd[0]}/root{SPOOL}/{node}_{job}.{BATCH_STEP}")
         wait_for(socket.exists, 20, "the batch step's socket")
         subprocess.run([*runc, "exec", node, "scontrol", "show", "slurmd"], capture_output=True, check=True, timeout=20)
+        assert strace.poll() is None, "strace ended before the node listed its steps"
     finally:
         strace.terminate()
-        strace.wait(10)
-    log = (Path("/var/lib/accordion") / c.name / "logs" / f"{node}.log").read_text()
-    assert f"Purging vestigial job script {SPOOL}/job{int(job):05d}/slurm_script" in log, log[-2000:]
-    # Requeued, not failed; Slurm holds a requeued job for its credential lifetime (120 s), not what this is about.
+        try:
+            strace.wait(10)
+        except subprocess.TimeoutExpired:
+            strace.kill()
+            strace.wait()
+    log = Path("/var/lib/accordion") / c.name / "logs" / f"{node}.log"
+    assert f"Purging vestigial job script {SPOOL}/job{int(job):05d}/slurm_script" in log.read_text(), log.read_text()[-2000:]
+    # Requeued by the guard, not failed; Slurm holds a requeued job for its credential lifetime (120 s), which
+    # is not what this test is about.
     wait_for(lambda: c.job(job).get("Restarts") == "1" and c.job_state(job) == "PENDING", 30, "the job requeued")
+    assert "TaskProlog failed status=1" in log.read_text()
     c.sh(f"scontrol update jobid={job} StartTime=now")
     assert c.wait_job(job, DONE, 60) == "COMPLETED"
     assert out.read_text().split() == ["ran", "nobody"]

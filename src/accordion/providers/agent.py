@@ -265,7 +265,7 @@ def spec_to_json(spec: NodeSpec) -> dict[str, Any]:
 
 def spec_from_json(data: dict[str, Any]) -> NodeSpec:
     return NodeSpec(data["name"], int(data["cpus"]), int(data["memory_mb"]), list(data["command"]),
-                    [Bind(**b) for b in data["binds"]], dict(data["env"]), dict(data["secrets"]), dict(data["files"]))
+                    [Bind(**b) for b in data["binds"]], dict(data["env"]), dict(data["secrets"]), dict(data.get("files", {})))
 
 
 def capacity() -> dict[str, int]:

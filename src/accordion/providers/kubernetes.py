@@ -186,6 +186,9 @@ class KubernetesProvider:
     # ----- nodes -----
 
     def _ensure_secret(self, spec: NodeSpec) -> None:
+        names = [Path(t).name for t in (*spec.secrets, *spec.files)]
+        if len(set(names)) < len(names):
+            raise ProviderError(f"the node files and secrets of {spec.name} share a file name: {sorted(names)}")
         data = {Path(target).name: base64.b64encode(Path(source).read_bytes()).decode() for target, source in spec.secrets.items()}
         data |= {Path(target).name: base64.b64encode(text.encode()).decode() for target, text in spec.files.items()}
         body = {"metadata": self._owned(self.secret), "type": "Opaque", "data": data}

@@ -396,7 +396,11 @@ class NodeRuntime:
                 out.write(data)
         for target, text in spec.files.items():
             path = layer / Path(target).relative_to("/")
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            # A directory of this layer hides the attributes of the host's (overlayfs): 0755 whatever the umask,
+            # or no user could reach /usr.
+            for d in reversed(path.relative_to(layer).parents[:-1]):
+                (layer / d).mkdir(exist_ok=True)
+                (layer / d).chmod(0o755)
             path.write_text(text)
             path.chmod(0o755)
         # The accounts stay (PAM's account check, as in `su` from root, fails for a user missing from

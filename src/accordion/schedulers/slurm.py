@@ -38,6 +38,7 @@ from accordion.sh import CommandError, run, wait_until
 REASON_PREFIX = "accordion:"
 
 SLURMD_SPOOL = "/var/spool/slurmd"
+SCONTROL = "/usr/bin/scontrol"
 # Slurm's TaskProlog on every node: slurmstepd runs it as the job's user just before each task's program.
 TASK_PROLOG = "/usr/local/libexec/accordion/slurm-task-prolog"
 TASK_PROLOG_SCRIPT = f"""#!/bin/sh
@@ -46,14 +47,21 @@ TASK_PROLOG_SCRIPT = f"""#!/bin/sh
 # the moment that job's step has bound its socket but is not listening yet: it takes the step for a dead
 # one. The job then fails with exit code 2 without having run. Just before the script would run, its
 # absence means exactly that, so the job is requeued: it starts again, from the beginning, once Slurm's
-# requeue delay (cred_expire, 120 s) has passed. Steps of srun have SLURM_STEP_ID; the batch step has not.
+# requeue delay (cred_expire, 120 s) has passed. Steps of srun have SLURM_STEP_ID; the batch step has not
+# (unless its submitter's environment carried one: then this guard stands aside).
 [ -z "${{SLURM_STEP_ID:-}}" ] || exit 0
+# What cannot be seen is not missing: the spool is searchable by all, a job's directory by the job's group.
+[ -x {SLURMD_SPOOL} ] || exit 0
 dir={SLURMD_SPOOL}/job$(printf %05d "$SLURM_JOB_ID")
-# The spool is searchable by all, the job's directory by the job's group: what cannot be seen is not missing.
 if [ -d "$dir" ] && {{ [ ! -x "$dir" ] || [ -e "$dir/slurm_script" ]; }}; then exit 0; fi
-# A guard that misjudged would requeue forever: after three restarts the job goes on as it would without it.
+# A guard that misjudged would requeue forever: after three restarts (of any cause) it stands aside.
 [ "${{SLURM_RESTART_COUNT:-0}}" -lt 3 ] || exit 0
-if /usr/bin/scontrol requeue "$SLURM_JOB_ID"; then
+# One array task keeps the array's id as its own: by that number alone, Slurm would requeue the whole array.
+job=$SLURM_JOB_ID
+if [ "${{SLURM_ARRAY_JOB_ID:-}}" = "$job" ] && [ -n "${{SLURM_ARRAY_TASK_ID:-}}" ]; then
+    job=${{job}}_$SLURM_ARRAY_TASK_ID
+fi
+if {SCONTROL} requeue "$job"; then
     echo "print accordion: slurmd deleted this job's script before it ran (a Slurm 22.05 race): requeued"
 else
     echo "print accordion: slurmd deleted this job's script before it ran (a Slurm 22.05 race): submit it again"
