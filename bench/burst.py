@@ -94,7 +94,7 @@ def main() -> None:
         """All n jobs run. A job that ended first (it failed as it started) is reported, not waited for; nor
         is one its node's guard requeued (slurmd deleted its script as it started), which waits out Slurm's
         requeue delay (120 s): it is named and counted apart."""
-        rows = [line.split() for line in sh("squeue -h -o '%i %T %r'").splitlines()]
+        rows = [line.split(maxsplit=2) for line in sh("squeue -h -o '%i %T %r'").splitlines()]
         if len(rows) < n:
             ended = sh("sacct -X -n -P -r compute -S now-1hours -o JobID,State,ExitCode,NodeList,Start,End "
                        "| grep -v '|RUNNING|' || true")
