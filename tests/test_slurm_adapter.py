@@ -183,9 +183,11 @@ def test_a_nudge_waits_for_a_node_that_has_not_registered_yet(tmp_path, monkeypa
     assert calls == ["scontrol"]
 
 
-def run_task_prolog(tmp_path: Path, env: dict[str, str], script: bool = True, job_dir: bool = True, requeue_rc: int = 0):
+def run_task_prolog(tmp_path: Path, env: dict[str, str], script: bool = True, job_dir: bool = True, requeue_rc: int = 0,
+                    step: str = "batch"):
     """The generated TaskProlog under /bin/sh (dash), on a spool of its own, with a stand-in scontrol that
-    records its arguments: (exit code, stdout, scontrol's arguments or None)."""
+    records its arguments, run by a parent titled as slurmstepd titles a step's task: (exit code, stdout,
+    scontrol's arguments or None)."""
     spool = tmp_path / "spool"
     job_dir_path = spool / "job00042"
     job_dir_path.mkdir(parents=True)
@@ -199,7 +201,8 @@ def run_task_prolog(tmp_path: Path, env: dict[str, str], script: bool = True, jo
     scontrol.chmod(0o755)
     prolog = tmp_path / "prolog"
     prolog.write_text(TASK_PROLOG_SCRIPT.replace(SLURMD_SPOOL, str(spool)).replace(SCONTROL, str(scontrol)))
-    proc = subprocess.run(["/bin/sh", str(prolog)], env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", **env},
+    parent = f'exec -a "slurmstepd: [42.{step}]" /bin/sh -c "/bin/sh {prolog}; exit \\$?"'
+    proc = subprocess.run(["bash", "-c", parent], env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", **env},
                           capture_output=True, text=True, timeout=10)
     return proc.returncode, proc.stdout, calls.read_text().strip() if calls.exists() else None
 
@@ -224,7 +227,9 @@ def test_the_task_prolog_requeues_one_array_task_not_the_array(tmp_path):
 
 
 def test_the_task_prolog_stands_aside_for_steps_repeats_and_says_why_it_cannot_requeue(tmp_path):
-    assert run_task_prolog(tmp_path / "srun", {"SLURM_STEP_ID": "0"}, script=False) == (0, "", None)
+    assert run_task_prolog(tmp_path / "srun", {"SLURM_STEP_ID": "0"}, script=False, step="0") == (0, "", None)
+    # A batch job submitted from inside a step carries its submitter's SLURM_STEP_ID: still guarded.
+    assert run_task_prolog(tmp_path / "inner", {"SLURM_STEP_ID": "0"}, script=False)[::2] == (1, "requeue 42")
     assert run_task_prolog(tmp_path / "again", {"SLURM_RESTART_COUNT": "3"}, script=False) == (0, "", None)
     assert run_task_prolog(tmp_path / "twice", {"SLURM_RESTART_COUNT": "2"}, script=False)[::2] == (1, "requeue 42")
     rc, out, call = run_task_prolog(tmp_path / "norequeue", {}, script=False, requeue_rc=1)

@@ -47,9 +47,11 @@ TASK_PROLOG_SCRIPT = f"""#!/bin/sh
 # the moment that job's step has bound its socket but is not listening yet: it takes the step for a dead
 # one. The job then fails with exit code 2 without having run. Just before the script would run, its
 # absence means exactly that, so the job is requeued: it starts again, from the beginning, once Slurm's
-# requeue delay (cred_expire, 120 s) has passed. Steps of srun have SLURM_STEP_ID; the batch step has not
-# (unless its submitter's environment carried one: then this guard stands aside).
-[ -z "${{SLURM_STEP_ID:-}}" ] || exit 0
+# requeue delay (cred_expire, 120 s) has passed.
+# The batch step only: its task (this script's parent) is titled "slurmstepd: [JOB.batch]", srun's steps'
+# "[JOB.STEP]". Not SLURM_STEP_ID: a job submitted from inside a step inherits its submitter's.
+read -r parent < /proc/$PPID/cmdline
+case $parent in "slurmstepd: ["*".batch]"*) ;; *) exit 0 ;; esac
 # What cannot be seen is not missing: the spool is searchable by all, a job's directory by the job's group.
 [ -x {SLURMD_SPOOL} ] || exit 0
 dir={SLURMD_SPOOL}/job$(printf %05d "$SLURM_JOB_ID")
