@@ -46,6 +46,15 @@ def run_long_enough(c, job: str, seconds: float) -> str:
     return c.job(job)["NodeList"]
 
 
+def slurmd_pid(c, node: str) -> int:
+    """The node's slurmd, found through its own container (other clusters may have a node of the same name)."""
+    in_node = subprocess.run(["runc", "--root", f"/run/accordion/{c.name}/runc", "ps", "--format", "json", node],
+                             capture_output=True, text=True, check=True).stdout
+    pids = [p for p in json.loads(in_node) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/sbin/slurmd\0")]
+    assert len(pids) == 1, pids
+    return int(pids[0])
+
+
 ONE_SET = {"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 2, "cpus": 1, "memory_mb": 256, "idle_timeout": 60}],
            "controller": {"resume_timeout": 4}}
 
@@ -70,12 +79,8 @@ def test_slurmd_stopped_15_s_under_a_job(make_cluster):
     job = c.sbatch("sleep 60; echo survived", "-N1", name="paused")
     node = run_long_enough(c, job, 6)
     before = created(c)[node]
-    # This node's slurmd, found through its own container (other clusters may have a node of the same name).
-    in_node = subprocess.run(["runc", "--root", f"/run/accordion/{c.name}/runc", "ps", "--format", "json", node],
-                             capture_output=True, text=True, check=True).stdout
-    pids = [p for p in json.loads(in_node) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/sbin/slurmd\0")]
-    assert len(pids) == 1, pids
-    os.kill(int(pids[0]), signal.SIGSTOP)
+    slurmd = slurmd_pid(c, node)
+    os.kill(slurmd, signal.SIGSTOP)
     flags = set()
     try:
         # At least 15 s, and until Slurm has missed a ping (`*`), then at once. With SlurmdTimeout=30 and
@@ -88,7 +93,7 @@ def test_slurmd_stopped_15_s_under_a_job(make_cluster):
             flags.add(c.sh(f"sinfo -h -n {node} -o %t").strip())
             time.sleep(0.5)
     finally:
-        os.kill(int(pids[0]), signal.SIGCONT)
+        os.kill(slurmd, signal.SIGCONT)
     assert any(f.endswith("*") for f in flags), f"slurmd was never reported not responding: {flags}"
     assert c.wait_job(job, DONE, 60) == "COMPLETED"
     assert c.job(job)["Restarts"] == "0"
@@ -106,18 +111,16 @@ def test_a_job_whose_script_slurmd_deletes_as_it_starts_runs_again(make_cluster)
     node = "n-0"
     wait_for(lambda: c.node_states().get(node) == "idle", 30, "the node idle")
     runc = ["runc", "--root", f"/run/accordion/{c.name}/runc"]
-    in_node = subprocess.run([*runc, "ps", "--format", "json", node], capture_output=True, text=True, check=True).stdout
-    slurmd = [p for p in json.loads(in_node) if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/sbin/slurmd\0")]
-    assert len(slurmd) == 1, slurmd
+    slurmd = slurmd_pid(c, node)
     strace = subprocess.Popen(["timeout", "90", "strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=listen",
-                               "-e", "inject=listen:delay_enter=10s", "-p", str(slurmd[0])])
+                               "-e", "inject=listen:delay_enter=10s", "-p", str(slurmd)])
     try:
-        traced = Path(f"/proc/{slurmd[0]}/status")
+        traced = Path(f"/proc/{slurmd}/status")
         wait_for(lambda: "TracerPid:\t0\n" not in traced.read_text(), 10, "strace attached to slurmd")
         out = c.shared / "lost.out"
         # As a user, not root: the guard requeues the job with the owner's own rights.
         job = c.sh(f"su nobody -s /bin/sh -c 'sbatch --parsable -o {out} --wrap=\"echo ran; id -un\"'").strip()
-        socket = Path(f"/proc/{slurmd[0]}/root{SPOOL}/{node}_{job}.{BATCH_STEP}")
+        socket = Path(f"/proc/{slurmd}/root{SPOOL}/{node}_{job}.{BATCH_STEP}")
         wait_for(socket.exists, 20, "the batch step's socket")
         subprocess.run([*runc, "exec", node, "scontrol", "show", "slurmd"], capture_output=True, check=True, timeout=20)
         assert strace.poll() is None, "strace ended before the node listed its steps"
