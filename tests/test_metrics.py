@@ -47,3 +47,27 @@ def test_reason_kinds_are_bounded():
     assert reason_kind("scaled to 3 by hand") == "by_hand"
     assert reason_kind("did not register within 30 s") == "resume_timeout"
     assert reason_kind("min_nodes is 2") == "min_nodes"
+
+
+def test_tally_counts_each_node_set_once_for_every_reader():
+    """Status samples and metrics read one count per node set: nodes by state, waiting jobs (an array's tasks
+    one by one, held jobs not), the CPUs they ask for, running jobs; a node set no longer configured still
+    shows."""
+    nodes = (
+        Node("a-0", "a", NodeState.BUSY, 0), Node("a-1", "a", NodeState.IDLE, 0), Node("a-2", "a", NodeState.IDLE, 0),
+        Node("b-0", "b", NodeState.ABSENT, 0), Node("old-0", "old", NodeState.DRAINING, 0),
+    )
+    jobs = (
+        Job("1", "a", 2, 2, False, 0.0),  # 4 CPUs
+        Job("2", "a", 1, 1, False, 0.0, count=3, cpus=2),  # an array's 3 tasks of 2 CPUs
+        Job("3", "a", 1, 1, False, 0.0, wants_resources=False),  # held: not waiting
+        Job("4", "a", 1, 1, True, 0.0),
+        Job("5", "b", 1, 4, False, 0.0),
+    )
+    tally = Snapshot(0.0, (NodeSetSpec("a", 0, 3, 2, 60), NodeSetSpec("b", 0, 1, 4, 60)), nodes, jobs).tally
+    assert list(tally) == ["a", "b", "old"]
+    a, b, old = tally["a"], tally["b"], tally["old"]
+    assert (a.nodes[NodeState.IDLE], a.nodes[NodeState.BUSY], a.nodes[NodeState.ABSENT]) == (2, 1, 0)
+    assert (a.waiting_jobs, a.waiting_cpus, a.running_jobs) == (4, 10, 1)
+    assert (b.nodes[NodeState.ABSENT], b.waiting_jobs, b.waiting_cpus, b.running_jobs) == (1, 1, 4, 0)
+    assert (old.nodes[NodeState.DRAINING], old.waiting_jobs) == (1, 0)

@@ -22,7 +22,7 @@ from accordion.config import ClusterConfig
 from accordion.errors import AccordionError
 from accordion.events import EventLog
 from accordion.metrics import Metrics, reason_kind
-from accordion.model import Node, NodeSetSpec, NodeState, Plan, SchedNode, SchedState, SchedulerView, Snapshot, demand
+from accordion.model import Node, NodeSetSpec, NodeState, Plan, SchedNode, SchedState, SchedulerView, Snapshot
 from accordion.paths import ClusterPaths
 from accordion.providers.base import NodeInfo, Provider
 from accordion.schedulers.base import Scheduler
@@ -316,7 +316,7 @@ class Controller:
         # tries would cost more CPU than they save (each node's registration waits its turn then), and
         # the loop's own nudges and every job's end already bring passes.
         few = booting + len(starts) <= START_NUDGES
-        wanted = {ns for j in snap.jobs if j.waiting for ns in j.candidates} if few else set()
+        wanted = {ns for j in snap.waiting for ns in j.candidates} if few else set()
         for node, start in starts:
             self.events.emit("requested", node, start.nodeset, start.reason)
             self.requested_at[node] = snap.now
@@ -361,7 +361,7 @@ class Controller:
         than at its own next tick, and again a second and two later, once per situation: the waiting jobs and
         the nodes in service. In service, not idle: a nudge may itself make a node busy for a moment (Slurm's),
         and that must not count as a new situation, or a job the scheduler will not start is nudged for ever."""
-        waiting = [j for j in snap.jobs if j.waiting]
+        waiting = snap.waiting
         sets = {ns for j in waiting for ns in j.candidates}
         mine = [n for n in snap.nodes if n.nodeset in sets]
         idle = sorted(n.name for n in mine if n.state == NodeState.IDLE and n.free_cpus > 0)
@@ -420,7 +420,7 @@ class Controller:
             # A busy, draining or failed node's `since` is the step's own time: null, so that the file (and a
             # sample) is rewritten when something changed, not at every step of a busy cluster.
             "nodes": [
-                {"name": n.name, "nodeset": n.nodeset, "state": n.state.value, "since": None if n.since == snap.now else n.since}
+                {"name": n.name, "nodeset": n.nodeset, "state": n.state, "since": None if n.since == snap.now else n.since}
                 for n in snap.nodes
             ],
             "jobs": [
@@ -445,13 +445,12 @@ class Controller:
         """One line of the time series `accordion report` plots, written only when something changed."""
         sets = {}
         for spec in snap.nodesets:
-            nodes = [n for n in snap.nodes if n.nodeset == spec.name]
-            jobs, cpus = demand(snap.jobs, spec.name)
+            tally = snap.tally[spec.name]
             sets[spec.name] = {
-                "provisioned": sum(1 for n in nodes if n.state not in (NodeState.ABSENT, NodeState.FAILED)),
-                "busy": sum(1 for n in nodes if n.state == NodeState.BUSY),
-                "pending_cpus": cpus,
-                "pending_jobs": jobs,
+                "provisioned": tally.nodes.total() - tally.nodes[NodeState.ABSENT] - tally.nodes[NodeState.FAILED],
+                "busy": tally.nodes[NodeState.BUSY],
+                "pending_cpus": tally.waiting_cpus,
+                "pending_jobs": tally.waiting_jobs,
                 "max": spec.max_nodes,
             }
         line = json.dumps({"ts": round(snap.now, 3), "nodesets": sets}, separators=(",", ":")) + "\n"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from accordion.model import NodeState, Snapshot, demand
+from accordion.model import NodeState, Snapshot
 
 
 def reason_kind(reason: str) -> str:
@@ -50,15 +48,11 @@ class Metrics:
         return int(server.server_port)
 
     def update(self, snap: Snapshot) -> None:
-        # One pass over nodes and jobs, not one per node set and state.
-        counts = Tally((n.nodeset, n.state) for n in snap.nodes)
-        running = Tally(j.nodeset for j in snap.jobs if j.running)
         for spec in snap.nodesets:
-            lab = (self.cluster, spec.name)
+            lab, tally = (self.cluster, spec.name), snap.tally[spec.name]
             self.max_nodes.labels(*lab).set(spec.max_nodes)
             for state in NodeState:
-                self.nodes.labels(*lab, state.value).set(counts[spec.name, state])
-            jobs, cpus = demand(snap.jobs, spec.name)
-            self.pending_jobs.labels(*lab).set(jobs)
-            self.pending_cpus.labels(*lab).set(cpus)
-            self.running_jobs.labels(*lab).set(running[spec.name])
+                self.nodes.labels(*lab, state.value).set(tally.nodes[state])
+            self.pending_jobs.labels(*lab).set(tally.waiting_jobs)
+            self.pending_cpus.labels(*lab).set(tally.waiting_cpus)
+            self.running_jobs.labels(*lab).set(tally.running_jobs)

@@ -6,10 +6,11 @@ Nothing here knows about Slurm, OAR, runc or Kubernetes: adapters translate into
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import groupby
 from operator import attrgetter
 
@@ -99,13 +100,6 @@ class Job:
         return not self.running and self.wants_resources and self.count > 0
 
 
-def demand(jobs: Iterable[Job], nodeset: str) -> tuple[int, int]:
-    """A node set's waiting jobs (an array's tasks one by one) and the CPUs they ask for: the one count
-    that status, metrics and reports show."""
-    waiting = [j for j in jobs if j.nodeset == nodeset and j.waiting]
-    return sum(j.count for j in waiting), sum(j.count * (j.cpus or j.nodes * j.cpus_per_node) for j in waiting)
-
-
 @dataclass(frozen=True)
 class SchedulerView:
     nodes: dict[str, SchedNode]
@@ -165,23 +159,34 @@ NO_NODES = NodeSetNodes()
 
 
 def index_nodes(nodes: Iterable[Node]) -> dict[str, NodeSetNodes]:
-    """Every node set's nodes by state (what a snapshot holds when its builder gives no index)."""
-    ordered = sorted(nodes, key=lambda n: node_order(n.name))
+    """Every node set's nodes by state (what a snapshot holds when its builder gives no index): one pass puts
+    them, in name order, into a list per node set and state."""
+    by: dict[str, dict[NodeState, list[Node]]] = {}
+    for n in sorted(nodes, key=lambda n: node_order(n.name)):
+        by.setdefault(n.nodeset, {}).setdefault(n.state, []).append(n)
     out: dict[str, NodeSetNodes] = {}
-    for name in dict.fromkeys(n.nodeset for n in ordered):
-        mine = [n for n in ordered if n.nodeset == name]
-        busy = tuple(n for n in mine if n.state in (NodeState.BUSY, NodeState.UNRESPONSIVE))
-        idle = tuple(n for n in mine if n.state == NodeState.IDLE)
+    for name, of in by.items():
+        busy, idle = of.get(NodeState.BUSY, []), of.get(NodeState.IDLE, [])
         out[name] = NodeSetNodes(
-            starting=tuple(n for n in mine if n.state == NodeState.STARTING),
-            idle=idle,
-            busy=busy,
-            partly_free=tuple(n for n in busy if n.state == NodeState.BUSY and n.free_cpus > 0),
-            absent=tuple(n.name for n in sorted((n for n in mine if n.state == NodeState.ABSENT), key=lambda n: n.since)),
-            draining=sum(1 for n in mine if n.state == NodeState.DRAINING),
+            starting=tuple(of.get(NodeState.STARTING, ())),
+            idle=tuple(idle),
+            busy=tuple(sorted([*busy, *of.get(NodeState.UNRESPONSIVE, ())], key=lambda n: node_order(n.name))),
+            partly_free=tuple(n for n in busy if n.free_cpus > 0),
+            absent=tuple(n.name for n in sorted(of.get(NodeState.ABSENT, ()), key=_since)),
+            draining=len(of.get(NodeState.DRAINING, ())),
             idle_runs=tuple(IdleRun(t, tuple(n.name for n in run)) for t, run in groupby(sorted(idle, key=_since), key=_since)),
         )
     return out
+
+
+@dataclass
+class Tally:
+    """One node set's counts (`Snapshot.tally`)."""
+
+    nodes: Counter[NodeState] = field(default_factory=Counter)  # by state; a state with none reads 0
+    waiting_jobs: int = 0  # an array's pending tasks one by one
+    waiting_cpus: int = 0  # the CPUs they ask for
+    running_jobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,28 @@ class Snapshot:
     def of(self, nodeset: str) -> NodeSetNodes:
         assert self.index is not None
         return self.index.get(nodeset, NO_NODES)
+
+    @cached_property
+    def waiting(self) -> list[Job]:
+        """The jobs waiting for nodes (`Job.waiting`), in the snapshot's order: listed once, read by the policy
+        and the controller."""
+        return [j for j in self.jobs if j.waiting]
+
+    @cached_property
+    def tally(self) -> dict[str, Tally]:
+        """Every node set's counts, made once per snapshot in one pass over nodes and one over jobs: the one
+        count that status, samples and metrics show. A job counts in its first node set."""
+        nodes = Counter((n.nodeset, n.state) for n in self.nodes)
+        running = Counter(j.nodeset for j in self.jobs if j.running)
+        jobs, cpus = Counter[str](), Counter[str]()
+        for j in self.waiting:
+            jobs[j.nodeset] += j.count
+            cpus[j.nodeset] += j.count * (j.cpus or j.nodes * j.cpus_per_node)
+        names = dict.fromkeys([*(spec.name for spec in self.nodesets), *(ns for ns, _ in nodes), *running, *jobs])
+        return {
+            name: Tally(Counter({state: c for (ns, state), c in nodes.items() if ns == name}), jobs[name], cpus[name], running[name])
+            for name in names
+        }
 
 
 # A plan names nodes in runs, one for each reason (a job's nodes, a run of nodes idle since the same time): a

@@ -275,9 +275,7 @@ def decide(snapshot: Snapshot) -> Plan:
     plan = Plan()
     specs = {s.name: s for s in snapshot.nodesets}
     waiting: dict[str, list[Job]] = {}
-    for job in snapshot.jobs:
-        if not job.waiting:
-            continue
+    for job in snapshot.waiting:
         target = job.nodeset if not job.nodesets and job.nodeset in specs else _choose(job, specs, snapshot)
         if target is not None:
             waiting.setdefault(target, []).append(job)
