@@ -163,15 +163,17 @@ def index_nodes(nodes: Iterable[Node]) -> dict[str, NodeSetNodes]:
     them, in name order, into a list per node set and state."""
     by: dict[str, dict[NodeState, list[Node]]] = {}
     for n in sorted(nodes, key=lambda n: node_order(n.name)):
-        by.setdefault(n.nodeset, {}).setdefault(n.state, []).append(n)
+        # Unresponsive nodes are in service like busy ones: one list, in name order.
+        state = NodeState.BUSY if n.state == NodeState.UNRESPONSIVE else n.state
+        by.setdefault(n.nodeset, {}).setdefault(state, []).append(n)
     out: dict[str, NodeSetNodes] = {}
     for name, of in by.items():
         busy, idle = of.get(NodeState.BUSY, []), of.get(NodeState.IDLE, [])
         out[name] = NodeSetNodes(
             starting=tuple(of.get(NodeState.STARTING, ())),
             idle=tuple(idle),
-            busy=tuple(sorted([*busy, *of.get(NodeState.UNRESPONSIVE, ())], key=lambda n: node_order(n.name))),
-            partly_free=tuple(n for n in busy if n.free_cpus > 0),
+            busy=tuple(busy),
+            partly_free=tuple(n for n in busy if n.state == NodeState.BUSY and n.free_cpus > 0),
             absent=tuple(n.name for n in sorted(of.get(NodeState.ABSENT, ()), key=_since)),
             draining=len(of.get(NodeState.DRAINING, ())),
             idle_runs=tuple(IdleRun(t, tuple(n.name for n in run)) for t, run in groupby(sorted(idle, key=_since), key=_since)),
