@@ -325,3 +325,12 @@ def test_fcfs_order(js, in_order):
     if in_order:  # the simulator's queue is already in order: a shortcut
         js = sorted(js, key=lambda j: (j.submit_time, node_order(j.id)))
     assert fcfs(js) == sorted(js, key=lambda j: (j.submit_time, node_order(j.id)))
+
+
+def test_index_keeps_busy_and_unresponsive_nodes_in_one_name_order():
+    """Unresponsive nodes are in service like busy ones: one list, in name order, and names that sort alike
+    (c1, c01) in the order given, whatever their state."""
+    ns = [Node("c01", "c", NodeState.UNRESPONSIVE, 0.0), Node("c1", "c", NodeState.BUSY, 0.0, 1), Node("c0", "c", NodeState.BUSY, 0.0)]
+    g = index_nodes(ns)["c"]
+    assert [n.name for n in g.busy] == ["c0", "c01", "c1"]
+    assert [n.name for n in g.partly_free] == ["c1"]
