@@ -220,8 +220,9 @@ class Snapshot:
 
     @cached_property
     def tally(self) -> dict[str, Tally]:
-        """Every node set's counts, made once per snapshot in one pass over nodes and one over jobs: the one
-        count that status, samples and metrics show. A job counts in its first node set."""
+        """Every node set's counts, made once per snapshot (nodes and jobs counted for all node sets at once,
+        not once per node set): the one count that status, samples and metrics show. A job counts in its
+        first node set; a node set no longer configured still shows."""
         nodes = Counter((n.nodeset, n.state) for n in self.nodes)
         running = Counter(j.nodeset for j in self.jobs if j.running)
         jobs, cpus = Counter[str](), Counter[str]()
