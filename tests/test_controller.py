@@ -461,6 +461,29 @@ def test_a_nudge_too_soon_for_the_scheduler_is_asked_again_when_it_can_be_taken(
     assert len(calls) == 3  # too soon again, and the round's three are spent
 
 
+def test_a_start_whose_nudge_is_too_soon_asks_again_when_the_scheduler_can_take_it(tmp_path, monkeypatch):
+    """OAR's pass of the job's submission takes the second in which the node comes up: the start's nudge
+    says how long until the next, and the start itself asks again then (the loop would ask a whole step
+    later: 0.1-0.25 s of every OAR cold start). Once only, and not for a wait longer than the loop's own
+    nudge interval."""
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    answers = [0.2, 0.3]
+    calls: list[float] = []
+    sched.nudge = lambda idle: (calls.append(time.monotonic()), answers.pop(0) if answers else 0.0)[1]
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    ctl.step()
+    settle(ctl)  # no loop step in between: the start's own
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2
+
+    ctl2, sched2, _, _, _ = make(tmp_path / "b", monkeypatch)
+    calls.clear()
+    sched2.nudge = lambda idle: (calls.append(time.monotonic()), 30.0)[1]
+    sched2.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+    ctl2.step()
+    settle(ctl2)
+    assert len(calls) == 1  # 30 s: the loop's nudges take it from there
+
+
 def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, monkeypatch):
     """The job a node was started for should not wait for the loop's next observation of that node (a fifth
     of a cold start): the start itself asks for a pass once the container runs, with that node. A node
@@ -469,7 +492,7 @@ def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, mo
     order: list[str] = []
     create = prov.create
     prov.create = lambda spec: (create(spec), order.append("created"))
-    sched.nudge = lambda idle: order.append(f"nudge {idle}")
+    sched.nudge = lambda idle: (order.append(f"nudge {idle}"), 0.0)[1]
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
     ctl.step()  # the start runs on the pool: nothing observed yet
     settle(ctl)

@@ -386,7 +386,12 @@ class Controller:
         self.scheduler.node_started(node)
         if nudge:
             try:
-                self.scheduler.nudge([node])
+                # Too soon for the scheduler (OAR: its pass of the job's submission took this second): asked
+                # again at the moment it names, not at the loop's next look, a full step later.
+                wait = self.scheduler.nudge([node])
+                if 0 < wait <= NUDGE_INTERVAL:
+                    time.sleep(wait)
+                    self.scheduler.nudge([node])
             except Exception as exc:  # the node did start; the loop nudges again once it sees the node idle
                 log.warning("nudge after starting %s failed: %s", node, exc)
 
