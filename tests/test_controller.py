@@ -463,17 +463,23 @@ def test_a_nudge_too_soon_for_the_scheduler_is_asked_again_when_it_can_be_taken(
 
 def test_a_start_whose_nudge_is_too_soon_asks_again_when_the_scheduler_can_take_it(tmp_path, monkeypatch):
     """OAR's pass of the job's submission takes the second in which the node comes up: the start's nudge
-    says how long until the next, and the start itself asks again then (the loop would ask a whole step
-    later: 0.1-0.25 s of every OAR cold start). Once only, and not for a wait longer than the loop's own
-    nudge interval."""
+    says how long until the next, and the loop asks again at that moment, before any step (it used to ask
+    a whole step later: 0.1-0.25 s of every OAR cold start). Once only, not for a wait longer than the
+    loop's own nudge interval, and the start's worker does not wait for it."""
     ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
     answers = [0.2, 0.3]
     calls: list[float] = []
     sched.nudge = lambda idle: (calls.append(time.monotonic()), answers.pop(0) if answers else 0.0)[1]
     sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
     ctl.step()
-    settle(ctl)  # no loop step in between: the start's own
-    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2
+    settle(ctl)
+    assert all(op.future.done() for op in ctl.ops.values()) and len(calls) == 1
+    ctl._retry_nudge()  # not yet
+    assert len(calls) == 1
+    time.sleep(0.2)
+    ctl._retry_nudge()
+    ctl._retry_nudge()
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.2  # asked again, once (its 0.3 s answer is the loop's)
 
     ctl2, sched2, _, _, _ = make(tmp_path / "b", monkeypatch)
     calls.clear()
@@ -481,7 +487,7 @@ def test_a_start_whose_nudge_is_too_soon_asks_again_when_the_scheduler_can_take_
     sched2.jobs = [Job("1", "c", 1, 1, False, 0.0)]
     ctl2.step()
     settle(ctl2)
-    assert len(calls) == 1  # 30 s: the loop's nudges take it from there
+    assert len(calls) == 1 and ctl2._nudge_retry is None  # 30 s: the loop's own nudges take it from there
 
 
 def test_a_node_started_for_waiting_jobs_nudges_as_soon_as_it_is_up(tmp_path, monkeypatch):

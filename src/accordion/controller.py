@@ -108,6 +108,7 @@ class Controller:
         self._nudge_key: object = None  # (waiting jobs, idle nodes) last nudged for
         self._nudges_left = 0
         self._next_nudge = 0.0
+        self._nudge_retry: tuple[float, str] | None = None  # (monotonic time, node): a start's nudge to ask again
         self._prepare_after = 0.0  # monotonic: no preparation before (one failed)
         self._prepare_checked = time.monotonic()  # when prepared nodes were last checked against what they were made from
         self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="node")
@@ -386,14 +387,26 @@ class Controller:
         self.scheduler.node_started(node)
         if nudge:
             try:
-                # Too soon for the scheduler (OAR: its pass of the job's submission took this second): asked
-                # again at the moment it names, not at the loop's next look, a full step later.
                 wait = self.scheduler.nudge([node])
                 if 0 < wait <= NUDGE_INTERVAL:
-                    time.sleep(wait)
-                    self.scheduler.nudge([node])
+                    # Too soon for the scheduler (OAR: its pass of the job's submission took this second): the
+                    # loop asks again at the moment it names (`_retry_nudge`), not at the end of its next step,
+                    # and this worker is free for other starts meanwhile.
+                    self._nudge_retry = (time.monotonic() + wait, node)
             except Exception as exc:  # the node did start; the loop nudges again once it sees the node idle
                 log.warning("nudge after starting %s failed: %s", node, exc)
+
+    def _retry_nudge(self) -> None:
+        """The nudge a start was told to ask again, once its time has come (a tuple, swapped whole: the start
+        sets it on the pool, the loop takes it)."""
+        retry = self._nudge_retry
+        if retry is None or time.monotonic() < retry[0]:
+            return
+        self._nudge_retry = None
+        try:
+            self.scheduler.nudge([retry[1]])
+        except Exception as exc:  # the loop's own nudges follow once it sees the node idle
+            log.warning("nudge for %s failed: %s", retry[1], exc)
 
     def _transitions(self, snap: Snapshot) -> None:
         for n in snap.nodes:
@@ -508,6 +521,7 @@ class Controller:
         moving = True
         failing = ""
         while not stop.is_set():
+            self._retry_nudge()
             token = self._token()
             now = time.monotonic()
             nudge_due = self._nudges_left > 0 and now >= self._next_nudge

@@ -66,7 +66,7 @@ def _pg_bin() -> Path:
         return PG_BIN
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
     if not versions:
-        raise RuntimeError("PostgreSQL server binaries not found; run scripts/setup.sh")
+        raise SchedulerError("PostgreSQL server binaries not found; run scripts/setup.sh")
     return versions[-1]
 
 
