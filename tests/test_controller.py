@@ -461,6 +461,40 @@ def test_a_nudge_too_soon_for_the_scheduler_is_asked_again_when_it_can_be_taken(
     assert len(calls) == 3  # too soon again, and the round's three are spent
 
 
+def test_a_change_the_scheduler_shows_only_a_moment_later_is_seen_before_the_resync(tmp_path, monkeypatch):
+    """Grid Engine writes a job's script (the change the loop watches) before qstat lists the job: the step
+    the change wakes may not see it. The loop looks once more, a step later, instead of at the next resync
+    (2 s: most of a Grid Engine cold start)."""
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    ctl.config.controller.resync_interval = 30  # only the change may bring the job in
+    token = [0]
+    sched.changes = lambda: token[0]
+    observe = sched.observe
+    seen = threading.Event()
+
+    def lagging():
+        if token[0]:
+            if seen.is_set():
+                sched.jobs = [Job("1", "c", 1, 1, False, 0.0)]
+            seen.set()  # the first observation after the change: the job is not listed yet
+        return observe()
+
+    sched.observe = lagging
+    stop = threading.Event()
+    loop = threading.Thread(target=ctl.run, args=(stop,))
+    loop.start()
+    try:
+        time.sleep(0.5)  # started, settled: no node, no change
+        token[0] = 1
+        deadline = time.monotonic() + 5
+        while not prov.nodes and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        loop.join(10)
+    assert seen.is_set() and set(prov.nodes) == {"c-0"}
+
+
 def test_a_start_whose_nudge_is_too_soon_asks_again_when_the_scheduler_can_take_it(tmp_path, monkeypatch):
     """OAR's pass of the job's submission takes the second in which the node comes up: the start's nudge
     says how long until the next, and the loop asks again at that moment, before any step (it used to ask

@@ -519,6 +519,10 @@ class Controller:
         last_token: object = object()
         last_step = float("-inf")
         moving = True
+        # A change is looked at twice: a scheduler's files may change before what they hold shows in its
+        # commands (Grid Engine writes a job's script, then qstat lists the job: a cold start waited for
+        # the next resync, 2 s).
+        again = False
         failing = ""
         while not stop.is_set():
             self._retry_nudge()
@@ -526,8 +530,10 @@ class Controller:
             now = time.monotonic()
             nudge_due = self._nudges_left > 0 and now >= self._next_nudge
             since = now - last_step
-            due = (moving or token != last_token) and since >= max(settings.poll_interval, STEP_INTERVAL)
+            changed = token != last_token
+            due = (moving or changed or again) and since >= max(settings.poll_interval, STEP_INTERVAL)
             if due or nudge_due or since >= settings.resync_interval:
+                again = changed
                 last_token = token
                 try:
                     self._supervise()

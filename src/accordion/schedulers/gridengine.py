@@ -285,6 +285,10 @@ class GridEngineScheduler:
         return ["unshare", "--mount", "--uts", "--propagation", "slave", "sh", "-c", script, str(self.hosts), self.head]
 
     def _cmd(self, argv: list[str], timeout: float = 30, input: str | None = None) -> str:
+        # Grid Engine's own binary, not Debian's wrapper script in /usr/bin: it runs `arch` (another script)
+        # to set what `env()` sets, ~50 ms of every command (a node's start polls `qping`, a step runs qstat).
+        tool = LIB / argv[0]
+        argv = [str(tool), *argv[1:]] if tool.is_file() else argv
         try:
             return run(self.provider.enter() + self.wrap() + argv, timeout=timeout, env=os.environ | self.env(), input=input).stdout
         except (CommandError, subprocess.TimeoutExpired) as exc:
