@@ -1,5 +1,6 @@
 """Cost, service and churn per policy on every shared trace, whole (see --limit), as one Markdown table:
-node-hours / ideal (what the jobs used), mean bounded slowdown / static's, node starts per job.
+node-hours / ideal (what the jobs used), mean bounded slowdown / static's, node starts per job, and the
+mean and longest waits of the large jobs (over half the machine), those a scheduler can let others pass.
 
     .venv/bin/python bench/simulate_policies.py [--limit 0] [--policy static,powersave,accordion] [TRACE ...]
 
@@ -16,7 +17,8 @@ import argparse
 import time
 from pathlib import Path
 
-from accordion.simulator.metrics import Metrics, summarize
+from accordion.simulator.engine import Run
+from accordion.simulator.metrics import Metrics, summarize, waits
 from accordion.simulator.report import fmt
 from accordion.simulator.workload import DAY, prepare, run_policy
 
@@ -39,6 +41,13 @@ def missed(m: Metrics, static: Metrics, powersave: Metrics | None) -> str:
     return ", ".join(out) or "all met"
 
 
+def large_waits(run: Run) -> str:
+    """Mean and longest wait of the jobs that need over half the machine, in hours."""
+    half = run.cluster.max_nodes / 2
+    ws = [w for w, k in zip(waits(run), run.nodes) if k > half and w == w]
+    return f"{sum(ws) / len(ws) / 3600:,.1f} / {max(ws) / 3600:,.1f} h" if ws else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=0, help="first N jobs of each trace (0: all)")
@@ -48,8 +57,8 @@ def main() -> None:
     names = args.policy.split(",")
     if names[0] != "static":
         parser.error("--policy: static must come first (the slowdown ratio is to static's)")
-    print("| trace | policy | node-hours | / ideal | mean wait | bounded slowdown | / static | starts per job | never started | goals |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| trace | policy | node-hours | / ideal | mean wait | bounded slowdown | / static | starts per job | large jobs' wait | never started | goals |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for path in args.traces or sorted(TRACES.glob("*.swf.gz")):
         work = prepare(path, limit=args.limit or None)
         span = (work.jobs[-1].submit - work.jobs[0].submit) / DAY
@@ -57,12 +66,13 @@ def main() -> None:
         seen: dict[str, Metrics] = {}
         for name in names:
             t0 = time.perf_counter()
-            m = seen[name] = summarize(run_policy(work, name))
+            run = run_policy(work, name)
+            m = seen[name] = summarize(run)
             static = seen["static"]
             goals = missed(m, static, seen.get("powersave")) if name == "accordion" else ""
             print(f"| {label} | {name} | {m.node_hours:,.0f} | {m.node_hours / m.ideal_node_hours:.3f} | {fmt(m.mean_wait, 's')} | "
                   f"{m.mean_bounded_slowdown:,.1f} | {m.mean_bounded_slowdown / static.mean_bounded_slowdown:.3f} | "
-                  f"{m.node_starts / m.jobs:.2f} | {m.never_started:,} | {goals} |", flush=True)
+                  f"{m.node_starts / m.jobs:.2f} | {large_waits(run)} | {m.never_started:,} | {goals} |", flush=True)
             label = ""
             print(f"<!-- {name}: {time.perf_counter() - t0:.1f} s -->", flush=True)
 

@@ -55,6 +55,8 @@ def test_jobs_are_read_in_full(tmp_path, monkeypatch):
     # -t 1-5 -tc 2 -q compute@hpc-node-1: throttled to 2 tasks, only hpc-node-1 allowed.
     assert jobs["7"].wants_resources and jobs["7"].count == 2 and jobs["7"].nodesets == ("compute",)
     assert set(jobs["7"].excluded) == {"hpc-node-0", "hpc-node-2", "hpc-node-3"}
+    # No reservations (max_reservation 0): no node is kept in service for a waiting job.
+    assert not jobs["7"].reservable
 
 
 def test_nodes_from_queue_instances(tmp_path, monkeypatch):

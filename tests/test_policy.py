@@ -95,6 +95,30 @@ def test_job_that_cannot_fit_now_starts_nothing_and_idle_nodes_still_time_out():
     assert started(plan_for(nodes(busy=[0, 1], idle=[2]), waiting, now=60)) == ["c-3"]
 
 
+def test_the_oldest_job_waiting_for_busy_nodes_has_as_many_nodes_in_service_as_it_needs():
+    # Slurm reserves nodes for it only among nodes in service (absent ones are down to it): with fewer, it
+    # reserves none and lets later jobs pass it for as long as they come (tests/live/test_never_kill.py).
+    big = job(1, n=4, cpn=2)
+    p = plan_for(nodes(busy=[0, 1], idle=[2]), [big], now=60)
+    assert started(p) == ["c-3"] and stopped(p) == []  # c-2 kept past its idle timeout
+    assert p.start[0].reason == "job 1 waits for busy nodes: 4 kept in service for its reservation"
+    # A later job that fits now gets its own node; the reservation counts it.
+    p = plan_for(nodes(busy=[0]), [big, job(2)])
+    assert per_node(p)[0] == [
+        ("c-1", "c", "job 2 needs 1 node of 1 CPU"),
+        ("c-2", "c", "job 1 waits for busy nodes: 4 kept in service for its reservation"),
+        ("c-3", "c", "job 1 waits for busy nodes: 4 kept in service for its reservation"),
+    ]
+    # Only the oldest such job, and only while it waits: a 3-node job behind it changes nothing.
+    assert started(plan_for(nodes(busy=[0, 1], idle=[2]), [job(1, n=3, cpn=2), job(2, n=4, cpn=2)], now=60)) == []
+    assert len(stopped(plan_for(nodes(busy=[0, 1], idle=[2, 3]), [job(1, n=3, cpn=2)], now=60))) == 1  # 3 stay
+    # Nor a job its scheduler reserves no nodes for (Grid Engine as set up here).
+    assert plan_for(nodes(busy=[0, 1], idle=[2]), [job(1, n=4, cpn=2, reservable=False)], now=60).start == []
+    # A job that could not run even once every busy node frees up (a node held by an administrator) has none.
+    held = nodes(busy=[0, 1], idle=[2])[:3] + (Node("c-3", "c", NodeState.HELD, 0.0),)
+    assert plan_for(held, [big], now=60).start == [] and stopped(plan_for(held, [big], now=60)) == ["c-2"]
+
+
 def test_oversized_cpus_ignored():
     p = plan_for(nodes(), [job(1, cpn=8)])
     assert p.start == []
@@ -207,11 +231,14 @@ def plain_decide(snapshot):
         wanted, new_reasons = set(), []
         room = min(spec.max_nodes - active, len(absent))
         waiting = [j for j in snapshot.jobs if j.nodeset == spec.name and not j.running and j.wants_resources]
+        head = None  # the oldest job that cannot start now but could once busy nodes free up
         for job in sorted(waiting, key=lambda j: (j.submit_time, node_order(j.id))):
             need = cpus if job.exclusive and job.cpus_per_node <= cpus else job.cpus_per_node
             usable = [s for s in slots if s[1] >= need][: max(job.nodes, 0)]
             new = job.nodes - len(usable)
             if need > cpus or new > room - len(new_reasons):
+                if head is None and need <= cpus and job.nodes <= spec.max_nodes:
+                    head = job
                 continue
             for s in usable:
                 s[1] -= need
@@ -219,14 +246,17 @@ def plain_decide(snapshot):
             what = f"{job.nodes} node{'s' if job.nodes > 1 else ''} of {need} CPU{'s' if need > 1 else ''}"
             slots += [[None, cpus - need] for _ in range(new)]
             new_reasons += [f"job {job.id} needs {what}"] * max(new, 0)
-        while active + len(new_reasons) < spec.min_nodes and len(new_reasons) < len(absent):
-            new_reasons.append(f"min_nodes is {spec.min_nodes}")
+        floor, why = spec.min_nodes, f"min_nodes is {spec.min_nodes}"
+        if head is not None and floor < head.nodes <= active + room:
+            floor, why = head.nodes, f"job {head.id} waits for busy nodes: {head.nodes} kept in service for its reservation"
+        while active + len(new_reasons) < floor and len(new_reasons) < len(absent):
+            new_reasons.append(why)
         plan.start += [Start((n.name,), spec.name, r) for n, r in zip(oldest_absent, new_reasons)]
         removable = sorted(
             (n for n in idle if n.name not in wanted and now - n.since >= spec.idle_timeout),
             key=lambda n: (n.since, node_order(n.name)),
         )
-        keep = max(0, spec.min_nodes - (active - len(removable)))
+        keep = max(0, floor - (active - len(removable)))
         for n in removable[: max(0, len(removable) - keep)]:
             plan.stop.append(Stop((n.name,), spec.name, f"idle {now - n.since:.0f} s"))
     return plan

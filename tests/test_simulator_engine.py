@@ -78,6 +78,16 @@ def test_estimate_not_run_time_drives_the_reservation():
     assert waits(run(jobs, nodes=3, **STATIC)) == [0, 99, 108]
 
 
+def test_a_job_waiting_for_busy_nodes_keeps_its_reservation_on_an_elastic_cluster():
+    # 4 nodes, 1 s to start one. A takes 2 until 101; B needs all 4. The scheduler reserves only among nodes
+    # up, so the policy starts the other 2 at once for B (idle past the 60 s timeout: kept). C (1 node, 200 s)
+    # would hold one past B's reservation at 101: it waits for B (101 to 111), as on a static cluster.
+    # Before, C got a node of its own, 3 nodes up could not be reserved for B, C ran at 3 and B waited to 204.
+    jobs = [job(1, 0, 2, 100), job(2, 1, 4, 10), job(3, 2, 1, 200)]
+    r = run(jobs, live_policy.decide, idle_timeout=60, boot_time=1.0, stop_time=0.0)
+    assert waits(r) == [1, 100, 109]
+
+
 def test_static_nodes_are_up_when_the_log_begins():
     r = run([job(1, 0, 4, 10)], boot_time=5.0)
     m = summarize(r)

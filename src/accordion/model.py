@@ -89,6 +89,9 @@ class Job:
     required: tuple[str, ...] = ()  # node names it must have (sbatch -w)
     excluded: tuple[str, ...] = ()  # node names it must not have (sbatch --exclude)
     count: int = 1  # identical jobs it stands for (the pending tasks of an array)
+    # While it waits, its scheduler reserves nodes for it among the nodes in service, so later jobs cannot
+    # delay it (Slurm's backfill, OAR's Gantt planning); Grid Engine reserves none as Accordion sets it up.
+    reservable: bool = True
 
     @property
     def candidates(self) -> tuple[str, ...]:

@@ -8,8 +8,10 @@ that many jobs) are fitted onto nodes that are idle, partly free or already star
 not fit asks for new nodes, exactly as many as each job's shape on that node set needs (`shape`), with the
 names it requires and never the names it excludes. A job that may run in several node sets takes nodes
 from one of them. Scale-down removes nodes idle for the node set's idle timeout that no waiting job has
-been fitted onto, down to `min_nodes`, even while a job waits for busy nodes to free up (such waits last
-hours on real logs: README, "Policies compared"); the controller drains a node before removing it, so a job
+been fitted onto, down to a floor: `min_nodes`, or while the oldest job that cannot start now waits for busy
+nodes to free up, as many nodes as that job needs. The scheduler reserves nodes for that job only among
+nodes in service (absent ones are down to it); with fewer it reserves none, and later jobs pass it for as
+long as they come (README, "Policies compared"). The controller drains a node before removing it, so a job
 the scheduler places meanwhile is never killed.
 
 The snapshot gives each node set's nodes by state, in the order they are used (`model.NodeSetNodes`): the
@@ -109,14 +111,15 @@ def _what(s: Shape) -> str:
     return f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
 
 
-def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int) -> tuple[int, list[Start]] | None:
+def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int) -> tuple[int, list[Start], Job | None] | None:
     """`_fit` when every slot is one of `free` whole free nodes and no job names nodes: then each job takes
     whole free nodes from the front and new nodes from the front of `absent`, and counting them is enough
     (on a large machine, thousands of nodes are never looked at). How many of the free nodes jobs were
-    fitted onto (the first ones), and the starts; None if a job names nodes or would leave room on a node
-    (then the slots differ, and `_fit` tells them apart)."""
+    fitted onto (the first ones), the starts and the oldest job that cannot start now; None if a job names
+    nodes or would leave room on a node (then the slots differ, and `_fit` tells them apart)."""
     taken = started = 0
     starts: list[Start] = []
+    head: Job | None = None
     for job in waiting:
         if job.required or job.excluded:
             return None
@@ -125,22 +128,25 @@ def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequenc
             continue  # can never run here
         if s.cpus < spec.cpus:
             return None
+        if started >= room and taken == free:
+            return taken, starts, head or (job if job.reservable else None)  # nothing more can fit: long queues stay cheap
         for _ in range(job.count):
             new = s.nodes - min(s.nodes, free - taken)
             if new > room - started:
+                if head is None and job.reservable:
+                    head = job
                 break  # the job's other copies have the same shape: they do not fit either
             taken += s.nodes - new
             if new:
                 starts.append(Start(tuple(absent[started : started + new]), spec.name, f"job {job.id} needs {_what(s)}"))
                 started += new
-        if started >= room and taken == free:
-            break  # nothing more can fit: long queues on full clusters stay cheap
-    return taken, starts
+    return taken, starts, head
 
 
-def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int) -> tuple[set[str], list[Start]]:
+def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int) -> tuple[set[str], list[Start], Job | None]:
     """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and up
-    to `room` of the `fresh` names: the existing nodes some job was fitted onto, and the starts."""
+    to `room` of the `fresh` names: the existing nodes some job was fitted onto, the starts, and the oldest
+    job that cannot start now."""
     slots = [_Slot(n.name, n.free_cpus, n.free_mem) if n.state == NodeState.BUSY else _Slot(n.name, spec.cpus, spec.memory_mb) for n in nodes]
     if not spec.memory_mb:
         for slot in slots:
@@ -148,6 +154,7 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
     fresh = list(fresh)
     wanted: set[str] = set()
     starts: list[Start] = []
+    head: Job | None = None
     started = 0
     # How many slots can take a shape, until a job takes some: most waiting jobs of a long queue fit
     # nowhere, and this tells so without looking at every slot for each of them.
@@ -156,12 +163,16 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
         s = shape(job, spec)
         if s is None:
             continue  # can never run here
+        if room - started <= 0 and not any(slot.cpus > 0 for slot in slots):
+            return wanted, starts, head or (job if job.reservable and not job.required else None)  # nothing more can fit
         for _ in range(job.count):
             left = room - started
             if (s.cpus, s.mem) not in takers:
                 takers[s.cpus, s.mem] = sum(1 for slot in slots if slot.takes(s))
             placed = _place(job, s, slots, fresh, left) if takers[s.cpus, s.mem] + left >= s.nodes else None
             if placed is None:
+                if head is None and job.reservable and not job.required:
+                    head = job  # one that names its nodes has them reserved: they exist and are busy
                 break  # the job's other copies have the same shape: they do not fit either
             used, new = placed
             takers.clear()
@@ -175,9 +186,7 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
             if new:
                 starts.append(Start(tuple(new), spec.name, f"job {job.id} needs {_what(s)}"))
                 started += len(new)
-        if room - started <= 0 and not any(slot.cpus > 0 for slot in slots):
-            break  # nothing more can fit: long queues on full clusters stay cheap
-    return wanted, starts
+    return wanted, starts, head
 
 
 def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str | None:
@@ -237,24 +246,33 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     wanted: set[str] = set()  # the existing nodes some waiting job was fitted onto, by name
     whole = 0  # or by count: the first `whole` of the idle, then starting, nodes
     starts: list[Start] = []
+    head: Job | None = None  # the oldest waiting job that cannot start now
     counted = None
     if waiting and not g.partly_free:
         counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room)
     if counted is not None:
-        whole, starts = counted
+        whole, starts, head = counted
     elif waiting:
-        wanted, starts = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room)
-    missing = spec.min_nodes - active - sum(len(s.nodes) for s in starts)
+        wanted, starts, head = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room)
+    # The nodes kept in service: min_nodes, and as many as the oldest job that cannot start now needs. The
+    # scheduler reserves nodes for that job only among nodes in service (absent ones are down to it); with
+    # fewer, it reserves none and lets every later job pass it, for as long as later jobs keep coming. A
+    # scheduler that reserves nothing (`Job.reservable`) gets no floor: the nodes would buy that job nothing.
+    floor, why = spec.min_nodes, f"min_nodes is {spec.min_nodes}"
+    need = shape(head, spec) if head is not None else None
+    if head is not None and need is not None and floor < need.nodes <= active + room:
+        floor, why = need.nodes, f"job {head.id} waits for busy nodes: {need.nodes} kept in service for its reservation"
+    missing = floor - active - sum(len(s.nodes) for s in starts)
     if missing > 0:
         taken = {n for s in starts for n in s.nodes}
         more = tuple(islice((n for n in g.absent if n not in taken), missing))
         if more:
-            starts.append(Start(more, name, f"min_nodes is {spec.min_nodes}"))
+            starts.append(Start(more, name, why))
     plan.start += starts
 
-    # An idle node no waiting job was fitted onto goes after the idle timeout, even while a job waits for busy
-    # nodes to free up: on the shared traces such a job waits hours, and keeping idle nodes for it cost
-    # 2-8 % more node-hours than Slurm's power saving and longer waits (README, "Policies compared").
+    # An idle node no waiting job was fitted onto goes after the idle timeout, down to the floor: keeping every
+    # idle node while any job waits for busy nodes cost 2-8 % more node-hours than Slurm's power saving on the
+    # shared traces (README, "Policies compared"); the floor keeps only what the oldest such job needs.
     # Only the nodes past the timeout are looked at (longest idle first), and none if jobs were fitted onto
     # every idle node: a long wait for busy nodes to free up costs nothing per call.
     removable: list[tuple[IdleRun, list[str]]] = []  # runs past the timeout, their nodes no job was fitted onto
@@ -264,7 +282,7 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
             wanted = {n.name for n in idle[:whole]}
         removable = [(run, [n for n in run.names if n not in wanted]) for run in expired]
     count = sum(len(names) for _, names in removable)
-    left = count - max(0, spec.min_nodes - (active - count))  # the longest idle go, down to min_nodes
+    left = count - max(0, floor - (active - count))  # the longest idle go, down to the floor
     for run, names in removable:
         if left > 0 and names:
             plan.stop.append(Stop(tuple(names[:left]), name, f"idle {now - run.since:.0f} s"))

@@ -696,4 +696,7 @@ class GridEngineScheduler:
             cpus=cpus,
             excluded=excluded,
             count=count,
+            # max_reservation is 0 (the default): later jobs pass a waiting one whatever nodes are up, so
+            # keeping nodes in service for it would buy nothing.
+            reservable=False,
         )
