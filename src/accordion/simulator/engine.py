@@ -177,8 +177,13 @@ class Simulation:
         idle_timeout: float,
         name: str = "policy",
         progress: Callable[[int], None] | None = None,
+        plans_on_absent: bool = False,
     ) -> None:
         self.jobs, self.cluster, self.policy, self.name, self.progress = jobs, cluster, policy, name, progress
+        # Whether the scheduler counts absent and starting nodes when it reserves nodes for the first waiting
+        # job: Slurm's power saving does (powered-down nodes are idle to it, resumed when a job is placed on
+        # them); with Accordion absent nodes are DOWN and only nodes up count.
+        self.plans_on_absent = plans_on_absent
         cpn, n = cluster.cpus_per_node, cluster.max_nodes
         self.spec = NodeSetSpec(NODESET, cluster.min_nodes, n, cpn, idle_timeout)
         self.idle_timeout = idle_timeout
@@ -423,7 +428,9 @@ class Simulation:
     def _reservation(self, need: int, t: float) -> tuple[float, int]:
         """EASY: when the head job can start by running jobs' estimates (the shadow time), and nodes spare at
         that time: every job estimated to end by then frees its nodes, those ending at that very moment too."""
-        avail = len(self.idle)
+        avail = len(self.idle) + (len(self.starting) + len(self.absent) if self.plans_on_absent else 0)
+        if avail >= need:  # only when absent nodes count: the head job waits for some to start
+            return t, avail - need
         shadow = math.inf
         for end, j in self.by_end:
             end = max(end, t)  # a job past its estimate is expected to end now
@@ -596,5 +603,6 @@ def simulate(
     idle_timeout: float,
     name: str = "policy",
     progress: Callable[[int], None] | None = None,
+    plans_on_absent: bool = False,
 ) -> Run:
-    return Simulation(jobs, cluster, policy, idle_timeout, name, progress).run()
+    return Simulation(jobs, cluster, policy, idle_timeout, name, progress, plans_on_absent).run()

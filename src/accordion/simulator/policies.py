@@ -81,7 +81,8 @@ def powersave(snapshot: Snapshot) -> Plan:
     nodes are enough, and its backfilling does the same for jobs behind a blocked head. A snapshot carries
     no time limits, so the allocation is modelled as whole-node first fit in FCFS order: each job takes
     idle and resuming nodes left by the jobs ahead of it, then powered-off ones. Idle nodes so allocated
-    are not suspended (Slurm would have made them busy).
+    are not suspended (Slurm would have made them busy). Its reservation for the first waiting job counts
+    powered-off nodes too (`PolicyDef.plans_on_absent`).
     """
     plan = Plan()
     for spec in snapshot.nodesets:
@@ -109,6 +110,7 @@ class PolicyDef:
     make: Callable[[], Policy]  # a fresh policy per run: CHSC keeps state
     idle_timeout: float
     about: str
+    plans_on_absent: bool = False  # the scheduler reserves absent nodes too (engine.Simulation)
 
 
 ACCORDION_IDLE_TIMEOUT = 60.0  # the live cluster's default (config.py)
@@ -116,6 +118,8 @@ ACCORDION_IDLE_TIMEOUT = 60.0  # the live cluster's default (config.py)
 POLICIES: dict[str, PolicyDef] = {
     "static": PolicyDef(lambda: static, math.inf, "all nodes always on"),
     "chsc": PolicyDef(CHSC, 30.0, "one node per newly waiting job, removed after 30 s idle"),
-    "powersave": PolicyDef(lambda: powersave, 600.0, "Slurm power saving: resume allocated nodes, suspend after 600 s idle"),
+    "powersave": PolicyDef(
+        lambda: powersave, 600.0, "Slurm power saving: resume allocated nodes, suspend after 600 s idle", plans_on_absent=True
+    ),
     "accordion": PolicyDef(lambda: policy.decide, ACCORDION_IDLE_TIMEOUT, "Accordion's policy: nodes for waiting jobs' shapes"),
 }

@@ -70,4 +70,4 @@ def run_policy(
     """One policy on the workload; `idle_timeout` overrides the policy's own."""
     definition = POLICIES[name]
     timeout = definition.idle_timeout if idle_timeout is None else idle_timeout
-    return simulate(workload.jobs, workload.cluster, definition.make(), timeout, name, progress)
+    return simulate(workload.jobs, workload.cluster, definition.make(), timeout, name, progress, definition.plans_on_absent)
