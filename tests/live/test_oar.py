@@ -90,6 +90,21 @@ def test_appendix_c_walkthrough_with_oar(make_oar):
     c.cancel(job2)
 
 
+def test_a_large_job_waiting_for_busy_nodes_is_not_passed_by_a_longer_one(make_oar):
+    """OAR, like Slurm, plans a waiting job only on Alive resources: Accordion keeps as many nodes up as the
+    oldest job that cannot start now needs, or a later, longer job passes it (as on Slurm: test_never_kill)."""
+    c = make_oar({"nodesets": [{"name": "compute", "name_base": "hpc-node", "max_nodes": 4, "cpus": 1, "idle_timeout": 60}]})
+    first = c.oarsub("sleep 15", "/host=2,walltime=0:01:00")
+    c.wait_job(first, {"RUNNING"}, 60)
+    large = c.oarsub("true", "/host=4,walltime=0:01:00")
+    later = c.oarsub("sleep 30", "/host=1,walltime=0:05:00")
+    assert c.wait_job(large, {"COMPLETED"}, 120) == "COMPLETED"
+    # Before, the later job ran at once on a node started for it, and the large one waited for it to end.
+    assert c.job_state(later) in {"PENDING", "RUNNING"}, c.job(later)
+    assert c.job_state(later) == "PENDING" or c.job(later)["startTime"] >= c.job(large)["startTime"], (c.job(large), c.job(later))
+    assert c.wait_job(later, {"COMPLETED"}, 90) == "COMPLETED"
+
+
 def test_a_node_whose_sshd_does_not_listen_is_not_set_alive(make_oar):
     # The controller leaves a container it did not start alone for resume_timeout: long enough for this test.
     c = make_oar({**CONFIG, "controller": {"resume_timeout": 300}})
