@@ -97,6 +97,7 @@ def test_a_large_job_waiting_for_busy_nodes_is_not_passed_by_a_longer_one(make_o
     first = c.oarsub("sleep 15", "/host=2,walltime=0:01:00")
     c.wait_job(first, {"RUNNING"}, 60)
     large = c.oarsub("true", "/host=4,walltime=0:01:00")
+    wait_for(lambda: len(c.containers()) == 4, 30, "4 nodes in service for the large job")
     later = c.oarsub("sleep 30", "/host=1,walltime=0:05:00")
     assert c.wait_job(large, {"COMPLETED"}, 120) == "COMPLETED"
     # Before, the later job ran at once on a node started for it, and the large one waited for it to end.
