@@ -14,6 +14,7 @@ cuts only: it leaves so many jobs waiting that its queue, and the run time, expl
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def missed(m: Metrics, static: Metrics, powersave: Metrics | None) -> str:
 def large_waits(run: Run) -> str:
     """Mean and longest wait of the jobs that need over half the machine, in hours."""
     half = run.cluster.max_nodes / 2
-    ws = [w for w, k in zip(waits(run), run.nodes) if k > half and w == w]
+    ws = [w for w, k in zip(waits(run), run.nodes) if k > half and not math.isnan(w)]
     return f"{sum(ws) / len(ws) / 3600:,.1f} / {max(ws) / 3600:,.1f} h" if ws else "-"
 
 

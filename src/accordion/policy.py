@@ -111,6 +111,12 @@ def _what(s: Shape) -> str:
     return f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
 
 
+def _held_for(job: Job) -> bool:
+    """Whether nodes kept in service make the scheduler reserve some for the job while it waits: it reserves
+    (`Job.reservable`), and the job names no nodes (those are reserved by name, and are busy)."""
+    return job.reservable and not job.required
+
+
 def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int) -> tuple[int, list[Start], Job | None] | None:
     """`_fit` when every slot is one of `free` whole free nodes and no job names nodes: then each job takes
     whole free nodes from the front and new nodes from the front of `absent`, and counting them is enough
@@ -129,11 +135,11 @@ def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequenc
         if s.cpus < spec.cpus:
             return None
         if started >= room and taken == free:
-            return taken, starts, head or (job if job.reservable else None)  # nothing more can fit: long queues stay cheap
+            return taken, starts, head or (job if _held_for(job) else None)  # nothing more can fit: long queues stay cheap
         for _ in range(job.count):
             new = s.nodes - min(s.nodes, free - taken)
             if new > room - started:
-                if head is None and job.reservable:
+                if head is None and _held_for(job):
                     head = job
                 break  # the job's other copies have the same shape: they do not fit either
             taken += s.nodes - new
@@ -164,15 +170,15 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
         if s is None:
             continue  # can never run here
         if room - started <= 0 and not any(slot.cpus > 0 for slot in slots):
-            return wanted, starts, head or (job if job.reservable and not job.required else None)  # nothing more can fit
+            return wanted, starts, head or (job if _held_for(job) else None)  # nothing more can fit
         for _ in range(job.count):
             left = room - started
             if (s.cpus, s.mem) not in takers:
                 takers[s.cpus, s.mem] = sum(1 for slot in slots if slot.takes(s))
             placed = _place(job, s, slots, fresh, left) if takers[s.cpus, s.mem] + left >= s.nodes else None
             if placed is None:
-                if head is None and job.reservable and not job.required:
-                    head = job  # one that names its nodes has them reserved: they exist and are busy
+                if head is None and _held_for(job):
+                    head = job
                 break  # the job's other copies have the same shape: they do not fit either
             used, new = placed
             takers.clear()
