@@ -108,3 +108,17 @@ def test_every_command_answers_bad_input_with_an_error_not_a_traceback(command, 
         # Nothing created: no cluster state, no runtime files, no shared directory.
         for sub in ("state", "run", "shared"):
             assert not (root / sub).exists() or not any((root / sub).iterdir()), (argv, sub)
+
+
+def test_a_cluster_name_never_names_a_directory_outside_the_state_root(tmp_path):
+    # A name is a directory under the state root: `down -c /some/dir` used to take it for a cluster's kept
+    # records and delete it (found by the test above, with "/dev/null").
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    env = {"ACCORDION_STATE": str(tmp_path / "state"), "ACCORDION_RUN": str(tmp_path / "run"), "ACCORDION_CLUSTER": None}
+    for name in (str(victim), f"../{victim.name}", ".."):
+        result = CliRunner(env=env).invoke(app, ["down", "-c", name])
+        assert result.exit_code == 2 and "--cluster" in result.stderr and "is not a cluster name" in result.stderr, result.stderr
+    result = CliRunner(env={**env, "ACCORDION_CLUSTER": f"../{victim.name}"}).invoke(app, ["down"])
+    assert result.exit_code == 1 and "is not a cluster name" in str(result.exception), result.exception
+    assert (victim / "sub").is_dir()

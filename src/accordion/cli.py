@@ -73,7 +73,10 @@ def _cluster_name(name: str | None, file: Path | None = None) -> str:
     if name and file:
         raise fail("give either --cluster or --file, not both", 2)
     if name:
-        return name
+        try:
+            return ClusterPaths(name).name
+        except ConfigError as exc:
+            raise fail(f"--cluster: {exc}", 2) from None
     if file is not None:
         return _file_name(file)
     if os.environ.get("ACCORDION_CLUSTER"):

@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from accordion.errors import ConfigError
+from accordion.paths import CLUSTER_NAME
 from accordion.units import parse_duration
 
-CLUSTER_NAME = r"^[a-z][a-z0-9-]{0,19}$"
 NODESET_NAME = r"^[a-z][a-z0-9_]{0,19}$"
 NAME_BASE = r"^[a-z][a-z0-9-]{0,29}$"
 IMAGE = r"^[a-z0-9][a-z0-9._/:@-]{0,254}$"

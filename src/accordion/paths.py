@@ -7,8 +7,16 @@ runtime files (sockets, pid files, node root mounts) under the run root. Both ar
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from accordion.errors import ConfigError
+
+# A cluster's name is a directory under each root (and a network namespace, a cgroup, the scheduler's
+# cluster name): a name such as "/etc" or ".." would make `down` delete a directory that is not the
+# cluster's, so no path is ever built from another.
+CLUSTER_NAME = r"^[a-z][a-z0-9-]{0,19}$"
 
 
 def state_root() -> Path:
@@ -26,6 +34,10 @@ def run_root() -> Path:
 @dataclass(frozen=True)
 class ClusterPaths:
     name: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(CLUSTER_NAME, self.name):
+            raise ConfigError(f"{self.name!r} is not a cluster name: a lowercase letter, then up to 19 lowercase letters, digits or '-'")
 
     @property
     def state(self) -> Path:

@@ -45,8 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from accordion.config import CLUSTER_NAME, ClusterConfig, ConfigError, parse_config
-from accordion.paths import run_root, state_root
+from accordion.config import ClusterConfig, ConfigError, parse_config
+from accordion.paths import CLUSTER_NAME, run_root, state_root
 from accordion.providers.base import Bind, NodeInfo, NodeSpec, ProviderError
 from accordion.providers.local import BRIDGE, NodeRuntime
 from accordion.sh import CommandError, run
