@@ -117,6 +117,11 @@ def test_the_oldest_job_waiting_for_busy_nodes_has_as_many_nodes_in_service_as_i
     # A job that could not run even once every busy node frees up (a node held by an administrator) has none.
     held = nodes(busy=[0, 1], idle=[2])[:3] + (Node("c-3", "c", NodeState.HELD, 0.0),)
     assert plan_for(held, [big], now=60).start == [] and stopped(plan_for(held, [big], now=60)) == ["c-2"]
+    # The scheduler reserves for the next job instead, and so does the floor: c-2 stays for the 3-node job.
+    p = plan_for(held, [big, job(2, n=3, cpn=2)], now=60)
+    assert p.start == [] and stopped(p) == []
+    p = plan_for(nodes(busy=[0, 1])[:3] + (Node("c-3", "c", NodeState.HELD, 0.0),), [big, job(2, n=3, cpn=2)], now=60)
+    assert started(p) == ["c-2"] and p.start[0].reason == "job 2 waits for busy nodes: 3 kept in service for its reservation"
 
 
 def test_oversized_cpus_ignored():
@@ -237,7 +242,7 @@ def plain_decide(snapshot):
             usable = [s for s in slots if s[1] >= need][: max(job.nodes, 0)]
             new = job.nodes - len(usable)
             if need > cpus or new > room - len(new_reasons):
-                if head is None and need <= cpus and job.nodes <= spec.max_nodes:
+                if head is None and need <= cpus and job.nodes <= min(spec.max_nodes, active + room):
                     head = job
                 continue
             for s in usable:
@@ -247,7 +252,7 @@ def plain_decide(snapshot):
             slots += [[None, cpus - need] for _ in range(new)]
             new_reasons += [f"job {job.id} needs {what}"] * max(new, 0)
         floor, why = spec.min_nodes, f"min_nodes is {spec.min_nodes}"
-        if head is not None and floor < head.nodes <= active + room:
+        if head is not None and floor < head.nodes:
             floor, why = head.nodes, f"job {head.id} waits for busy nodes: {head.nodes} kept in service for its reservation"
         while active + len(new_reasons) < floor and len(new_reasons) < len(absent):
             new_reasons.append(why)

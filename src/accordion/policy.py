@@ -8,8 +8,8 @@ that many jobs) are fitted onto nodes that are idle, partly free or already star
 not fit asks for new nodes, exactly as many as each job's shape on that node set needs (`shape`), with the
 names it requires and never the names it excludes. A job that may run in several node sets takes nodes
 from one of them. Scale-down removes nodes idle for the node set's idle timeout that no waiting job has
-been fitted onto, down to a floor: `min_nodes`, or while the oldest job that cannot start now waits for busy
-nodes to free up, as many nodes as that job needs. The scheduler reserves nodes for that job only among
+been fitted onto, down to a floor: `min_nodes`, or while the oldest job that cannot start now, but could
+once busy nodes free up, waits, as many nodes as that job needs. The scheduler reserves nodes for that job only among
 nodes in service (absent ones are down to it); with fewer it reserves none, and later jobs pass it for as
 long as they come (README, "Policies compared"). The controller drains a node before removing it, so a job
 the scheduler places meanwhile is never killed.
@@ -22,7 +22,7 @@ goes with one reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice, takewhile
 from operator import attrgetter, lt
@@ -111,22 +111,36 @@ def _what(s: Shape) -> str:
     return f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
 
 
-def _held_for(job: Job) -> bool:
+def _held_for(job: Job, s: Shape, capacity: int) -> bool:
     """Whether nodes kept in service make the scheduler reserve some for the job while it waits: it reserves
-    (`Job.reservable`), and the job names no nodes (those are reserved by name, and are busy)."""
-    return job.reservable and not job.required
+    (`Job.reservable`), the job names no nodes (those are reserved by name, and are busy), and it needs no
+    more than the `capacity` nodes that can be in service. A job that needs more (some nodes held by an
+    administrator, or failed) can get no reservation: the scheduler reserves for the next one, and so must
+    the floor."""
+    return job.reservable and not job.required and s.nodes <= capacity
 
 
-def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int) -> tuple[int, list[Start], Job | None] | None:
+def _first_held(jobs: Iterable[Job], spec: NodeSetSpec, capacity: int) -> Job | None:
+    """The first of `jobs` the floor is for, once nothing more fits: each cannot start now."""
+    for job in jobs:
+        s = shape(job, spec)
+        if s is not None and _held_for(job, s, capacity):
+            return job
+    return None
+
+
+def _fit_whole(
+    spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int, capacity: int
+) -> tuple[int, list[Start], Job | None] | None:
     """`_fit` when every slot is one of `free` whole free nodes and no job names nodes: then each job takes
     whole free nodes from the front and new nodes from the front of `absent`, and counting them is enough
     (on a large machine, thousands of nodes are never looked at). How many of the free nodes jobs were
-    fitted onto (the first ones), the starts and the oldest job that cannot start now; None if a job names
+    fitted onto (the first ones), the starts and the oldest job that cannot start now (`_held_for`); None if a job names
     nodes or would leave room on a node (then the slots differ, and `_fit` tells them apart)."""
     taken = started = 0
     starts: list[Start] = []
     head: Job | None = None
-    for job in waiting:
+    for i, job in enumerate(waiting):
         if job.required or job.excluded:
             return None
         s = shape(job, spec)
@@ -135,11 +149,11 @@ def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequenc
         if s.cpus < spec.cpus:
             return None
         if started >= room and taken == free:
-            return taken, starts, head or (job if _held_for(job) else None)  # nothing more can fit: long queues stay cheap
+            return taken, starts, head or _first_held(islice(waiting, i, None), spec, capacity)  # nothing more can fit: long queues stay cheap
         for _ in range(job.count):
             new = s.nodes - min(s.nodes, free - taken)
             if new > room - started:
-                if head is None and _held_for(job):
+                if head is None and _held_for(job, s, capacity):
                     head = job
                 break  # the job's other copies have the same shape: they do not fit either
             taken += s.nodes - new
@@ -149,10 +163,12 @@ def _fit_whole(spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequenc
     return taken, starts, head
 
 
-def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int) -> tuple[set[str], list[Start], Job | None]:
+def _fit(
+    spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int, capacity: int
+) -> tuple[set[str], list[Start], Job | None]:
     """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and up
     to `room` of the `fresh` names: the existing nodes some job was fitted onto, the starts, and the oldest
-    job that cannot start now."""
+    job that cannot start now (`_held_for`: `capacity` nodes can be in service)."""
     slots = [_Slot(n.name, n.free_cpus, n.free_mem) if n.state == NodeState.BUSY else _Slot(n.name, spec.cpus, spec.memory_mb) for n in nodes]
     if not spec.memory_mb:
         for slot in slots:
@@ -165,19 +181,19 @@ def _fit(spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: li
     # How many slots can take a shape, until a job takes some: most waiting jobs of a long queue fit
     # nowhere, and this tells so without looking at every slot for each of them.
     takers: dict[tuple[int, int], int] = {}
-    for job in waiting:
+    for i, job in enumerate(waiting):
         s = shape(job, spec)
         if s is None:
             continue  # can never run here
         if room - started <= 0 and not any(slot.cpus > 0 for slot in slots):
-            return wanted, starts, head or (job if _held_for(job) else None)  # nothing more can fit
+            return wanted, starts, head or _first_held(islice(waiting, i, None), spec, capacity)  # nothing more can fit
         for _ in range(job.count):
             left = room - started
             if (s.cpus, s.mem) not in takers:
                 takers[s.cpus, s.mem] = sum(1 for slot in slots if slot.takes(s))
             placed = _place(job, s, slots, fresh, left) if takers[s.cpus, s.mem] + left >= s.nodes else None
             if placed is None:
-                if head is None and _held_for(job):
+                if head is None and _held_for(job, s, capacity):
                     head = job
                 break  # the job's other copies have the same shape: they do not fit either
             used, new = placed
@@ -255,18 +271,18 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     head: Job | None = None  # the oldest waiting job that cannot start now
     counted = None
     if waiting and not g.partly_free:
-        counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room)
+        counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room, active + room)
     if counted is not None:
         whole, starts, head = counted
     elif waiting:
-        wanted, starts, head = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room)
+        wanted, starts, head = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room, active + room)
     # The nodes kept in service: min_nodes, and as many as the oldest job that cannot start now needs. The
     # scheduler reserves nodes for that job only among nodes in service (absent ones are down to it); with
     # fewer, it reserves none and lets every later job pass it, for as long as later jobs keep coming. A
     # scheduler that reserves nothing (`Job.reservable`) gets no floor: the nodes would buy that job nothing.
     floor, why = spec.min_nodes, f"min_nodes is {spec.min_nodes}"
     need = shape(head, spec) if head is not None else None
-    if head is not None and need is not None and floor < need.nodes <= active + room:
+    if head is not None and need is not None and floor < need.nodes:
         floor, why = need.nodes, f"job {head.id} waits for busy nodes: {need.nodes} kept in service for its reservation"
     missing = floor - active - sum(len(s.nodes) for s in starts)
     if missing > 0:
