@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -122,3 +123,23 @@ def test_a_cluster_name_never_names_a_directory_outside_the_state_root(tmp_path)
     result = CliRunner(env={**env, "ACCORDION_CLUSTER": f"../{victim.name}"}).invoke(app, ["down"])
     assert result.exit_code == 1 and "is not a cluster name" in str(result.exception), result.exception
     assert (victim / "sub").is_dir()
+    # Nor the state root's directories that are not clusters' (every cluster's host keys)...
+    for name in ("pki", "agent"):
+        (tmp_path / "state" / name / "prod").mkdir(parents=True)
+        result = CliRunner(env=env).invoke(app, ["down", "-c", name])
+        assert result.exit_code == 2 and f"the state directory's {name}/ holds" in result.stderr, result.stderr
+        assert (tmp_path / "state" / name / "prod").is_dir()
+        with pytest.raises(ConfigError, match=f"name: '{name}' is not a cluster name"):
+            parse_config({"name": name})
+    # ...nor a directory under the state root holding anything but a cluster's kept records.
+    (tmp_path / "state" / "dpkg" / "info").mkdir(parents=True)
+    result = CliRunner(env=env).invoke(app, ["down", "-c", "dpkg"])
+    assert result.exit_code == 1 and "holds no cluster and no kept records of one: nothing deleted" in result.stderr
+    assert (tmp_path / "state" / "dpkg" / "info").is_dir()
+    (tmp_path / "state" / "old" / "accounting").mkdir(parents=True)  # what `down --keep-data` leaves
+    result = CliRunner(env=env).invoke(app, ["down", "-c", "old"])
+    assert result.exit_code == 0 and not (tmp_path / "state" / "old").exists(), result.stderr
+    # An empty or relative root would be the current directory.
+    for value in ("", "state"):
+        result = CliRunner(env={**env, "ACCORDION_STATE": value}).invoke(app, ["down", "-c", "dpkg"])
+        assert result.exit_code == 1 and f"ACCORDION_STATE: {value!r} is not an absolute path" in str(result.exception)

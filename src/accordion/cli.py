@@ -153,10 +153,13 @@ def down(
     _need_root()
     names = all_clusters() if all_ else [_cluster_name(cluster, file)]
     for name in names:
-        records = ClusterPaths(name).state
-        if not all_ and not keep_data and records.is_dir() and not ClusterPaths(name).config.exists():
-            # Only the records a `down --keep-data` kept: this is how they are deleted.
-            shutil.rmtree(records)
+        paths = ClusterPaths(name)
+        if not all_ and not keep_data and paths.state.is_dir() and not paths.config.exists():
+            # Only the records a `down --keep-data` kept: this is how they are deleted. Anything else there is
+            # not a cluster's, and is left alone.
+            if {p.name for p in paths.state.iterdir()} != {paths.records.name}:
+                raise fail(f"{paths.state} holds no cluster and no kept records of one: nothing deleted")
+            shutil.rmtree(paths.state)
             err.print(f"[green]✓[/] cluster [bold]{name}[/] was down; its kept records are deleted")
             continue
         c = _load(name)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from accordion.errors import ConfigError
-from accordion.paths import CLUSTER_NAME
+from accordion.paths import CLUSTER_NAME, cluster_name_error
 from accordion.units import parse_duration
 
 NODESET_NAME = r"^[a-z][a-z0-9_]{0,19}$"
@@ -26,6 +26,13 @@ DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 def _parse_duration(value: object) -> object:
     """Accept 30, 30.5, "30s", "5m", "1h", "250ms"; anything else is left for pydantic to refuse."""
     return parse_duration(value) if isinstance(value, str) else value
+
+
+def _cluster_name(name: str) -> str:
+    error = cluster_name_error(name)
+    if error:
+        raise ValueError(error)
+    return name
 
 
 Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, le=7 * 86400)]
@@ -124,7 +131,7 @@ class Host(BaseModel):
 class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default="accordion", pattern=CLUSTER_NAME)
+    name: Annotated[str, AfterValidator(_cluster_name)] = Field(default="accordion", pattern=CLUSTER_NAME)
     scheduler: Literal["slurm", "oar", "gridengine"] = "slurm"
     provider: Literal["local", "kubernetes", "hosts"] = "local"
     kubernetes: KubernetesSettings | None = None

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from accordion.store import private
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+_BOOTED = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)  # /proc counts start times from boot
+
 
 def spawn(argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -30,16 +33,23 @@ def spawn(argv: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | N
 
 
 def pid_of(pidfile: Path) -> int | None:
+    """The live process the pid file names, or None. A daemon that died leaves its pid to be reused (pid_max
+    is 32768 here): a process that started after the file was written is not the one it names, and must be
+    neither stopped nor taken for the daemon."""
     try:
         pid = int(pidfile.read_text().strip())
+        written = pidfile.stat().st_mtime
     except (OSError, ValueError):
         return None
     try:
         with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return None if state == "Z" else pid
+    state, started = fields[0], _BOOTED + int(fields[19]) / _TICKS  # fields 3 and 22 of proc(5)
+    # Start times are counted in ticks (10 ms); a second of margin leaves no doubt.
+    return None if state == "Z" or started > written + 1.0 else pid
+
 
 
 def _reap(pid: int) -> None:

@@ -17,18 +17,39 @@ from accordion.errors import ConfigError
 # cluster name): a name such as "/etc" or ".." would make `down` delete a directory that is not the
 # cluster's, so no path is ever built from another.
 CLUSTER_NAME = r"^[a-z][a-z0-9-]{0,19}$"
+# The state root's directories that are not clusters': every cluster's CA and head keys, and on a host
+# every cluster's agent keys (providers/agent.py). A cluster of that name would be removed with them.
+NOT_CLUSTERS = ("pki", "agent")
+
+
+def cluster_name_error(name: str) -> str | None:
+    """Why `name` cannot be a cluster's name, or None."""
+    if not re.fullmatch(CLUSTER_NAME, name):
+        return f"{name!r} is not a cluster name: a lowercase letter, then up to 19 lowercase letters, digits or '-'"
+    if name in NOT_CLUSTERS:
+        return f"{name!r} is not a cluster name: the state directory's {name}/ holds every cluster's host keys"
+    return None
+
+
+def _root(variable: str, default: str) -> Path:
+    # An empty or relative root would put a cluster's files, and what `down` deletes, under the current
+    # directory.
+    value = os.environ.get(variable, default)
+    if not os.path.isabs(value):
+        raise ConfigError(f"{variable}: {value!r} is not an absolute path")
+    return Path(value)
 
 
 def state_root() -> Path:
-    return Path(os.environ.get("ACCORDION_STATE", "/var/lib/accordion"))
+    return _root("ACCORDION_STATE", "/var/lib/accordion")
 
 
 def shared_root() -> Path:
-    return Path(os.environ.get("ACCORDION_SHARED", "/srv/accordion"))
+    return _root("ACCORDION_SHARED", "/srv/accordion")
 
 
 def run_root() -> Path:
-    return Path(os.environ.get("ACCORDION_RUN", "/run/accordion"))
+    return _root("ACCORDION_RUN", "/run/accordion")
 
 
 @dataclass(frozen=True)
@@ -36,8 +57,9 @@ class ClusterPaths:
     name: str
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(CLUSTER_NAME, self.name):
-            raise ConfigError(f"{self.name!r} is not a cluster name: a lowercase letter, then up to 19 lowercase letters, digits or '-'")
+        error = cluster_name_error(self.name)
+        if error:
+            raise ConfigError(error)
 
     @property
     def state(self) -> Path:
@@ -46,6 +68,12 @@ class ClusterPaths:
     @property
     def run(self) -> Path:
         return run_root() / self.name
+
+    @property
+    def records(self) -> Path:
+        """The job accounting database: kept by `accordion down --keep-data`, reused by the next `up` of
+        that name; with nothing else in the state directory, a cluster that is down."""
+        return self.state / "accounting"
 
     @property
     def config(self) -> Path:
