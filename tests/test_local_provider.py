@@ -164,3 +164,17 @@ def test_teardown_tries_every_node_and_names_the_one_it_could_not_remove(tmp_pat
     with pytest.raises(ProviderError, match="n-0's root"):
         rt.teardown()
     assert tried == ["n-0", "n-1"]
+
+
+def test_a_node_name_or_file_never_reaches_outside_the_runtime(tmp_path, monkeypatch):
+    # A host agent deletes the node its head names: a name with "/" would be any directory of the host.
+    rt, calls = runtime(tmp_path, monkeypatch)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in (str(victim), "../../victim", "..", ""):
+        with pytest.raises(ProviderError, match="is not a node name"):
+            rt.delete(name)
+    assert victim.is_dir() and calls == []
+    with pytest.raises(ProviderError, match="must not climb out"):
+        local._in_layer(tmp_path / "layer", "/etc/../../victim/key")
+    assert local._in_layer(tmp_path / "layer", "/etc/munge/munge.key") == tmp_path / "layer/etc/munge/munge.key"

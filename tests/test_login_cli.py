@@ -115,3 +115,24 @@ def test_an_ordinary_user_is_told_how_to_get_a_login_shell(env):
     assert proc.returncode == 1 and "accordion shell --user hpcuser" in proc.stderr, proc.stderr
     missing = accordion(env, "shell", "-c", "lab", "--user", "no-such-user-x")
     assert missing.returncode != 0
+
+
+def test_a_users_directory_is_their_own_or_refused(tmp_path):
+    # The shared directory is open to all (1777): someone else's directory, or a link, made first under a
+    # user's name would have their shell and jobs working where that someone can replace their files.
+    import pwd
+
+    from accordion.cli import own_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    os.chmod(shared, 0o1777)
+    daemon, nobody = pwd.getpwnam("daemon"), pwd.getpwnam("nobody")
+    made = own_dir(shared, daemon)
+    assert made == shared / "daemon" and made.stat().st_uid == daemon.pw_uid and own_dir(shared, daemon) == made
+    (shared / "nobody").mkdir()  # root's, made by someone else
+    (shared / "bin").symlink_to(tmp_path)
+    for account in (nobody, pwd.getpwnam("bin")):
+        with pytest.raises(typer.Exit):
+            own_dir(shared, account)
+    assert (shared / "nobody").stat().st_uid == 0 and (shared / "bin").is_symlink()

@@ -8,6 +8,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 import sys
 import time
 from functools import partial
@@ -397,11 +398,7 @@ def shell(
         except (CommandError, RuntimeError) as exc:
             raise fail(f"--user: {account.pw_name} could not be added to the cluster's accounting: {exc}") from None
         env = _user_env(account) | c.scheduler.env()
-        # Their own directory in the shared one: what they and their jobs write there is theirs.
-        workdir = c.paths.shared / account.pw_name
-        if not workdir.is_dir():
-            workdir.mkdir(mode=0o755)
-            os.chown(workdir, account.pw_uid, account.pw_gid)
+        workdir = own_dir(c.paths.shared, account)
     env["ACCORDION_CLUSTER"] = c.config.name
     if not cmd:
         env["PS1"] = f"({c.config.name}) \\u@\\h \\w \\$ "
@@ -415,6 +412,23 @@ def shell(
     argv = c.provider.login() + c.scheduler.wrap() + drop + cmd
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)
+
+
+def own_dir(shared: Path, account: pwd.struct_passwd) -> Path:
+    """The user's own directory in the cluster's shared one, made theirs if new: what they and their jobs
+    write there is theirs. The shared directory is open to all (mode 1777): a directory or link someone
+    else made under that name first is refused, or their shell and jobs would work in it."""
+    workdir = shared / account.pw_name
+    try:
+        workdir.mkdir(mode=0o755)
+        # Root's, in a sticky directory: no one else can move it away before it is handed over.
+        os.chown(workdir, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    except FileExistsError:
+        pass
+    st = os.lstat(workdir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != account.pw_uid:
+        raise fail(f"--user: {workdir} is not {account.pw_name}'s own directory (a {'directory' if stat.S_ISDIR(st.st_mode) else 'link or file'} of uid {st.st_uid}); remove it and try again")
+    return workdir
 
 
 def _account(user: str | None) -> pwd.struct_passwd:

@@ -155,6 +155,14 @@ def enter_netns(netns: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}"]
 
 
+
+def _in_layer(layer: Path, target: str) -> Path:
+    """Where a file the node is given at `target` goes in its layer; a target with ".." would be outside it."""
+    relative = Path(target).relative_to("/")
+    if ".." in relative.parts:
+        raise ProviderError(f"{target}: a node's file must not climb out of its root")
+    return layer / relative
+
 class NodeRuntime:
     """One cluster's node containers on one machine: what the local provider runs on its own host and what
     `accordion agent` runs on each host of provider `hosts`.
@@ -390,12 +398,12 @@ class NodeRuntime:
         (layer / "etc" / "hosts").write_text(hosts_file(self.config))
         for target, data in secrets.items():
             # On the node's own tmpfs, root-only: readable by the entrypoint, gone with the node.
-            path = layer / Path(target).relative_to("/")
+            path = _in_layer(layer, target)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(path, "wb", opener=lambda p, f: os.open(p, f, 0o400)) as out:
                 out.write(data)
         for target, text in spec.files.items():
-            path = layer / Path(target).relative_to("/")
+            path = _in_layer(layer, target)
             # A directory of this layer hides the attributes of the host's (overlayfs): 0755 whatever the umask,
             # or no user could reach /usr.
             for d in reversed(path.relative_to(layer).parents[:-1]):
@@ -514,6 +522,10 @@ class NodeRuntime:
             raise ProviderError(f"cannot unmount {', '.join(failed)}")
 
     def delete(self, name: str) -> None:
+        # Any node can be removed, even one the cluster file no longer names; but a name is a directory
+        # here, and one with a "/" (a host agent's request) would be another.
+        if not name or name in (".", "..") or "/" in name:
+            raise ProviderError(f"{name!r} is not a node name")
         self._kill_launcher(name)
         runc = self._runc()
         if (self.run / "runc" / name).exists():
