@@ -129,6 +129,20 @@ def test_conflict_with_a_foreign_pod_is_an_error_not_a_takeover(provider):
     assert pods(provider)["hpc-node-1"].metadata.labels == {"app": "other"}  # left alone
 
 
+def test_a_foreign_configmap_of_the_clusters_name_is_refused_and_left_alone(server, tmp_path, monkeypatch):
+    # Every object of the cluster is owned by that ConfigMap and `down` deletes it: taking over someone
+    # else's would delete what they made with it.
+    monkeypatch.setenv("ACCORDION_STATE", str(tmp_path / "state"))
+    first = head(server, tmp_path, b"k" * 1024)
+    first.teardown()
+    first.api.create_namespaced_config_map(NS, {"metadata": {"name": "accordion-kc", "labels": {"app": "other"}}, "data": {"x": "1"}})
+    with pytest.raises(ProviderError, match="ConfigMap hpc/accordion-kc exists and is not this cluster's"):
+        head(server, tmp_path, b"k" * 1024)
+    first.teardown()
+    assert first.api.read_namespaced_config_map("accordion-kc", NS).data == {"x": "1"}
+    first.close()
+
+
 def test_refused_create_leaves_nothing_half_created(server, provider):
     # kmock stores the Pod before answering with the injected error: the provider must undo it.
     server.once("create v1/pods", kmock.KubernetesError(403, "Forbidden", "injected"))

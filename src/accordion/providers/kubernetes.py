@@ -140,9 +140,20 @@ class KubernetesProvider:
             self._owner_ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": self.owner, "uid": cm.metadata.uid, "controller": True, "blockOwnerDeletion": True}
         return self._owner_ref
 
+    def _foreign_owner(self) -> str | None:
+        """What is wrong with a ConfigMap of the owner's name that this cluster did not make, or None. Every
+        object of the cluster is owned by it, and `down` deletes it: someone else's would go with theirs."""
+        cm = self._call("read the cluster's ConfigMap", self.api.read_namespaced_config_map, self.owner, self.namespace, tolerate=(404,))
+        labels = (cm.metadata.labels or {}) if cm is not None else self._labels()
+        if all(labels.get(k) == v for k, v in self._labels().items()):
+            return None
+        return f"ConfigMap {self.namespace}/{self.owner} exists and is not this cluster's (labels {labels})"
+
     def setup(self) -> None:
         body = {"metadata": {"name": self.owner, "namespace": self.namespace, "labels": self._labels()}, "data": {"cluster": self.config.name}}
-        self._call("create the cluster's ConfigMap", self.api.create_namespaced_config_map, self.namespace, body, tolerate=(409,))
+        created = self._call("create the cluster's ConfigMap", self.api.create_namespaced_config_map, self.namespace, body, tolerate=(409,))
+        if created is None and (foreign := self._foreign_owner()):
+            raise ProviderError(f"{foreign}: pick another cluster name or namespace")
         service = {
             "metadata": self._owned(self.service),
             "spec": {
@@ -160,6 +171,9 @@ class KubernetesProvider:
         names = [p.metadata.name for p in self._list_pods()]
         for name in names:
             self.delete(name)
+        if foreign := self._foreign_owner():
+            log.warning("%s: left alone, with the Service and Secret of this cluster's names", foreign)
+            return
         for what, fn, name in (
             ("Secret", self.api.delete_namespaced_secret, self.secret),
             ("Service", self.api.delete_namespaced_service, self.service),
