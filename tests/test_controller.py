@@ -96,8 +96,8 @@ class FakeScheduler:
 
     def observe(self) -> SchedulerView:
         for name in self.provider.nodes:
-            cur = self.state.get(name)
-            if self.registers and (cur is None or cur.marked_absent):
+            # As Slurm: a node marked absent since its start was asked for (given up) registers out of service.
+            if self.registers and self.state.get(name) is None:
                 self.state[name] = SchedNode(name, SchedState.IDLE, 2, self.provider.clock())
         return SchedulerView(dict(self.state), list(self.jobs))
 
@@ -107,10 +107,12 @@ class FakeScheduler:
             self.state[n] = SchedNode(n, SchedState.UNKNOWN, 0, None, reason, marked_absent=True)
 
     def nodes_starting(self, nodes):
-        pass
+        for n in nodes:  # as Slurm lifts the drain flag of the nodes it is told are starting
+            if (cur := self.state.get(n)) is not None and cur.marked_absent:
+                del self.state[n]
 
-    def node_started(self, node):
-        pass
+    def node_started(self, node, given_up):
+        self.given_up = given_up
 
     def nudge(self, idle):
         self.nudges += 1
@@ -355,6 +357,85 @@ def test_hung_start_does_not_block_the_loop_and_is_given_up(tmp_path, monkeypatc
     ctl.step()
     assert "c-0" not in prov.nodes and "c-0" not in ctl.ops
     assert counts(ctl) == {"c-0": 1}
+
+
+def oar_like(sched, gate, seen, put_in_service):
+    """A scheduler whose node is in service only once `node_started` says so (OAR: Alive; Grid Engine: its
+    calendar lifted), and whose agent answers only once `gate` is set. `put_in_service(given_up)`: whether
+    this start puts it there then; in service, a job lands on it at once."""
+    sched.registers = False
+
+    def node_started(node, given_up):
+        gate.wait(10)
+        seen.append((node, given_up()))
+        if put_in_service(given_up):
+            sched.state[node] = SchedNode(node, SchedState.BUSY, 0)
+            sched.jobs = [Job("1", "c", 1, 2, True, 0.0, node_names=(node,))]
+
+    sched.node_started = node_started
+
+
+def test_a_start_given_up_while_waiting_for_its_node_puts_nothing_in_service(tmp_path, monkeypatch):
+    # OAR's sshd, Grid Engine's execd answering after resume_timeout (or the start queued behind 31 others):
+    # the start went on after the give-up and set the node Alive, undoing the Absent the loop had just set;
+    # a job landed there and died when the container was removed.
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5)
+    gate, seen = threading.Event(), []
+    oar_like(sched, gate, seen, lambda given_up: not given_up())
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+    ctl.step()
+    now[0] += 6
+    ctl.step()
+    assert ("c-0", "did not register within 5 s") in sched.absent_calls
+    gate.set()
+    settle(ctl)
+    step(ctl)
+    step(ctl)
+    assert ("c-0", True) in seen  # told, when its node answered at last
+    assert "c-0" not in prov.nodes and ("started", "c-0") not in kinds(paths)
+
+
+def test_a_node_in_service_before_its_start_returned_is_not_given_up(tmp_path, monkeypatch):
+    # The scheduler has the node in service, and a job on it, while the start's last step still runs: it is
+    # what the scheduler says, not "starting", so resume_timeout does not take it out from under the job.
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5)
+    gate, seen = threading.Event(), []
+    sched.registers = False
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+
+    def node_started(node, given_up):
+        sched.state[node] = SchedNode(node, SchedState.BUSY, 0)
+        sched.jobs = [Job("1", "c", 1, 2, True, 0.0, node_names=(node,))]
+        gate.wait(10)  # its nudge, say, still on its way
+        seen.append(given_up())
+
+    sched.node_started = node_started
+    ctl.step()
+    time.sleep(0.2)
+    now[0] += 6
+    ctl.step()
+    gate.set()
+    settle(ctl)
+    step(ctl)
+    assert seen == [False] and [c for c in sched.absent_calls if c[0] == "c-0"] == []
+    assert "c-0" in prov.nodes and ("failed", "c-0") not in kinds(paths)
+
+
+def test_a_start_that_put_its_node_in_service_as_it_was_given_up_keeps_it(tmp_path, monkeypatch):
+    # The node came into service in the instant the loop gave it up (Alive sent before the start could be
+    # told): the scheduler runs a job there, so the container stays.
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5)
+    gate, seen = threading.Event(), []
+    oar_like(sched, gate, seen, lambda given_up: True)
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+    ctl.step()
+    now[0] += 6
+    ctl.step()
+    gate.set()
+    settle(ctl)
+    step(ctl)
+    step(ctl)
+    assert ("c-0", True) in seen and "c-0" in prov.nodes
 
 
 def test_registered_node_is_never_starting_again(tmp_path, monkeypatch):

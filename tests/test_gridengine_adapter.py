@@ -94,3 +94,18 @@ def test_calendars_and_tasks():
     assert host_calendars(f"NONE,[hpc-node-1={ABSENT}],                [hpc-node-2={DRAINING}]") == {"hpc-node-1": ABSENT, "hpc-node-2": DRAINING}
     assert host_calendars("NONE") == {}
     assert task_count("1-10:1") == 10 and task_count("3,5-9:2") == 4 and task_count("7") == 1
+
+
+def test_a_node_given_up_keeps_its_absent_calendar(tmp_path, monkeypatch):
+    # The controller gave the start up and told the qmaster the node is absent: lifting the calendar now
+    # would let a job be dispatched to a node about to be removed.
+    sched = adapter(tmp_path, monkeypatch)
+    lifted: list[list[str]] = []
+    monkeypatch.setattr(sched, "_calendar", lambda nodes, calendar: lifted.append(nodes))
+    answers = iter([False, True, True])
+    monkeypatch.setattr(sched, "execd_answers", lambda node: next(answers))
+    sched.node_started("hpc-node-0", lambda: True)  # stops waiting for an execd that does not answer
+    sched.node_started("hpc-node-0", lambda: True)  # and lifts nothing once it answers
+    assert lifted == []
+    sched.node_started("hpc-node-0", lambda: False)
+    assert lifted == [["hpc-node-0"]]

@@ -110,7 +110,7 @@ def test_the_guard_refuses_a_cluster_address_from_the_host_namespace(guard):
 def test_no_connection_to_a_cluster_address_from_the_host_namespace(guard, commands, sched):
     commands.listening = {("10.77.0.1", str(oar.SERVER_PORT)), ("10.77.0.10", str(oar.SSHD_PORT))}
     assert sched._responding()
-    sched.node_started(NODE)
+    sched.node_started(NODE, lambda: False)
     sched.observe()
     assert guard.read_text() == ""
     cluster = [c for c in commands.calls if any(a.startswith("10.77.") for a in c)]
@@ -120,11 +120,21 @@ def test_no_connection_to_a_cluster_address_from_the_host_namespace(guard, comma
 def test_a_node_whose_sshd_does_not_listen_is_not_set_alive(guard, commands, sched):
     commands.listening = {("10.77.0.1", str(oar.SERVER_PORT))}
     with pytest.raises(SchedulerError, match="sshd did not answer"):
-        sched.node_started(NODE)
+        sched.node_started(NODE, lambda: False)
     assert commands.alive() == []
     commands.listening.add(("10.77.0.10", str(oar.SSHD_PORT)))
-    sched.node_started(NODE)
+    sched.node_started(NODE, lambda: False)
     assert commands.alive() == [ENTER + sched.wrap() + ["oarnodesetting", "-s", "Alive", "-h", NODE]]
+
+
+def test_a_node_given_up_is_not_set_alive(guard, commands, sched):
+    # The controller gave the start up and set the node Absent: Alive now would let a job land on a node
+    # about to be removed.
+    commands.listening = {("10.77.0.1", str(oar.SERVER_PORT))}
+    sched.node_started(NODE, lambda: True)  # stops waiting for an sshd that does not answer
+    commands.listening.add(("10.77.0.10", str(oar.SSHD_PORT)))
+    sched.node_started(NODE, lambda: True)
+    assert commands.alive() == []
 
 
 def test_observing_changes_nothing(guard, commands, sched):

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from accordion import policy
 from accordion.config import ClusterConfig
@@ -49,7 +49,9 @@ class Op:
 
     kind: str  # "start", "remove", "prepare" or "unprepare" (a prepared container no longer wanted)
     future: Future[None]
-    abandoned: bool = False  # a start given up while it still ran: its node is removed once it returns
+    # A start given up while it still ran: set by the loop, read by the start itself, which then makes
+    # nothing more and puts nothing in service (`_start`); what it made is removed from the facts.
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Controller:
         self.last_plan = Plan()
         self._status_last: dict[str, object] = {}
         self.ops: dict[str, Op] = {}
+        self._given_up: set[str] = set()  # starts given up that have returned: what they made goes (`_reconcile`)
         self._held: dict[str, str] = {}  # node -> reason, for nodes drained by someone else
         self._absent: dict[str, list[str]] = {}  # reason -> nodes taken out this step, told in `_flush`
         self._dirty = False  # failures or registrations changed this step: saved in `_flush`
@@ -139,9 +142,11 @@ class Controller:
                 if error is not None:
                     # The container may remain: the next observation finds it and removes it again.
                     log.error("could not remove %s: %s", name, error)
-            elif op.abandoned:
-                # Given up while its start still ran: the failure is already reported; remove what it made.
-                self._submit(name, "remove")
+            elif op.abandoned.is_set():
+                # Given up while its start still ran: the failure is already reported, and the scheduler told.
+                # What it made is removed at the next observation (`_reconcile`), unless the scheduler has the
+                # node in service after all (it came in just as it was given up): a job may run there.
+                self._given_up.add(name)
             elif error is None:
                 self.events.emit("started", name, self.nodeset_of[name])
             else:
@@ -151,14 +156,15 @@ class Controller:
     def _submit(self, name: str, kind: str, *, nudge: bool = False) -> None:
         """Run a start, removal or preparation of `name` on the pool, after the one in flight, if any (a
         preparation the policy overtook: the start then finds the node prepared)."""
+        abandoned = threading.Event()
         work: Callable[[], None] = {
-            "start": lambda: self._start(name, nudge),
+            "start": lambda: self._start(name, nudge, abandoned),
             "remove": lambda: self.provider.delete(name),
             "unprepare": lambda: self.provider.delete(name),
             "prepare": lambda: self.provider.prepare(self.scheduler.node_spec(name)),
         }[kind]
         op = self.ops.get(name)
-        self.ops[name] = Op(kind, self.pool.submit(_after, op.future if op is not None else None, work))
+        self.ops[name] = Op(kind, self.pool.submit(_after, op.future if op is not None else None, work), abandoned)
 
     def _take_out(self, name: str, reason: str, kind: str = "removed", *, tell: bool = True, failed: bool = False) -> None:
         """The one way out for a node: its container is deleted on the pool (a start still running is
@@ -170,7 +176,7 @@ class Controller:
         if op is None or op.kind in ("prepare", "unprepare"):
             self._submit(name, "remove")
         elif op.kind == "start":
-            op.abandoned = True
+            op.abandoned.set()
         self.registered.pop(name, None)
         if failed:
             previous = self.failures.get(name)
@@ -199,6 +205,12 @@ class Controller:
         """Make provider and scheduler agree before deciding anything (starts and removals in flight aside)."""
         for name in self.ops:
             containers.pop(name, None)
+        given_up, self._given_up = self._given_up, set()
+        for name in sorted(given_up & set(containers)):
+            sn = view.nodes.get(name)
+            if sn is None or sn.state not in (SchedState.IDLE, SchedState.BUSY, SchedState.DRAINING):
+                del containers[name]
+                self._submit(name, "remove")
         for name in sorted(set(containers) - set(self.nodeset_of)):
             del containers[name]
             self._submit(name, "remove")
@@ -252,8 +264,11 @@ class Controller:
         failure = self.failures.get(name)
         waiting = failure is not None and failure.count >= self.settings.max_start_failures and now < failure.retry
         # A name being prepared or unprepared is absent: the policy may start it (the start waits for that op).
-        if op is not None and op.kind not in ("prepare", "unprepare"):
-            if op.kind == "start" and not op.abandoned:
+        # A start still running whose node the scheduler already has in service (it registered, and may run a
+        # job, before the start's last step: a slow create, OAR's Alive before a nudge) is what the scheduler says.
+        in_service = sn is not None and sn.state in (SchedState.IDLE, SchedState.BUSY)
+        if op is not None and op.kind not in ("prepare", "unprepare") and not (op.kind == "start" and in_service):
+            if op.kind == "start" and not op.abandoned.is_set():
                 return NodeState.STARTING, self.requested_at.get(name, now), 0, 0
             # On its way out: neither used nor reused yet.
             return (NodeState.FAILED if waiting else NodeState.DRAINING), now, 0, 0
@@ -298,9 +313,11 @@ class Controller:
             for node in stop.nodes:
                 op = self.ops.get(node)
                 sn = view.nodes.get(node)
-                if op is not None or states[node] == NodeState.STARTING:
+                if states[node] == NodeState.STARTING:
                     # Never registered, so nothing runs on it.
                     self._take_out(node, stop.reason, failed=stop.failed)
+                elif op is not None:
+                    continue  # in service, its start still ending: it leaves by draining, once that is done
                 elif sn is not None and sn.state not in (SchedState.IDLE, SchedState.BUSY):
                     continue  # unresponsive or leaving: the scheduler decides first
                 else:
@@ -380,12 +397,19 @@ class Controller:
             self._nudges_left -= 1
             self._next_nudge = now + (wait if wait > 0 else NUDGE_INTERVAL)
 
-    def _start(self, node: str, nudge: bool) -> None:
+    def _start(self, node: str, nudge: bool, abandoned: threading.Event) -> None:
         """Runs on the pool. `nudge`: jobs wait for this node set, so ask for a scheduling pass as soon as the
-        node is up, not once the loop has seen it idle (an observation later: a fifth of a cold start)."""
+        node is up, not once the loop has seen it idle (an observation later: a fifth of a cold start).
+        `abandoned`: the loop gave the start up (it took longer than resume_timeout, queued behind others in
+        a burst or waiting for the node's agent) and told the scheduler the node is absent: nothing more is
+        made, and the node is not put in service after that, or a job could land on a node being removed."""
+        if abandoned.is_set():
+            return
         self.provider.create(self.scheduler.node_spec(node))
-        self.scheduler.node_started(node)
-        if nudge:
+        if abandoned.is_set():
+            return
+        self.scheduler.node_started(node, abandoned.is_set)
+        if nudge and not abandoned.is_set():
             try:
                 wait = self.scheduler.nudge([node])
                 if 0 < wait <= NUDGE_INTERVAL:
@@ -484,7 +508,9 @@ class Controller:
         for name in prepared:
             del containers[name]  # not nodes: nothing runs in them
         self._held = {n: sn.reason for n, sn in view.nodes.items() if sn.held}
-        self._reconcile(view, containers)
+        # Reconciled, a copy: what it takes out goes on the pool and reads as leaving; the snapshot keeps every
+        # container, for a start still ending whose node is in service (`_state`).
+        self._reconcile(view, dict(containers))
         now = self.clock()
         snap = self.snapshot(view, containers, now)
         self._transitions(snap)

@@ -134,7 +134,7 @@ def _start_without_then_with_sshd(c: OarCluster, cluster: Cluster, sched: OarSch
     assert not sched.sshd_answers(node)
     assert time.monotonic() - t0 < 2
     with pytest.raises(SchedulerError, match="sshd did not answer"):
-        sched.node_started(node)
+        sched.node_started(node, lambda: False)
     assert c.capacity()[node] == {"Absent"}
     # OAR's own node check (its PINGCHECKER_GENERIC_COMMAND, as Almighty's tools run it) says so too.
     check = cluster.provider.enter() + sched.wrap() + [str(sched.sched / "pingchecker")]
@@ -142,7 +142,7 @@ def _start_without_then_with_sshd(c: OarCluster, cluster: Cluster, sched: OarSch
 
     # The same node with its sshd: the check passes and the node comes into service.
     cluster.provider.create(sched.node_spec(node))
-    sched.node_started(node)
+    sched.node_started(node, lambda: False)
     wait_for(lambda: c.capacity()[node] == {"Alive"}, 10, f"{node} Alive")
     assert subprocess.run([*check, node], capture_output=True, text=True).stderr.split() == []
 

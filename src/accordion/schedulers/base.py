@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -52,10 +53,12 @@ class Scheduler(Protocol):
         Called once per step for all the nodes it starts (a burst starts hundreds), as their starts begin on
         the pool: the loop takes no other step before it returns."""
 
-    def node_started(self, node: str) -> None:
+    def node_started(self, node: str, given_up: Callable[[], bool]) -> None:
         """The node's container runs: bring it into service once its agent answers, checked from inside
         the cluster's network (or leave it to the scheduler's own registration). Runs on the start pool,
-        beside the loop; raises if the node cannot be brought into service."""
+        beside the loop; raises if the node cannot be brought into service. Once `given_up()` is true the
+        controller has told the scheduler the node is absent and will remove it: stop waiting, and put
+        nothing in service."""
 
     def nudge(self, idle: list[str]) -> float:
         """Ask the scheduler for a scheduling pass now: the controller calls it while a job waits beside an

@@ -43,6 +43,7 @@ import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -472,18 +473,22 @@ class GridEngineScheduler:
     def nodes_starting(self, nodes: list[str]) -> None:
         """Nothing yet: each instance stays off until its new execd answers (`node_started`)."""
 
-    def node_started(self, node: str) -> None:
+    def node_started(self, node: str, given_up: Callable[[], bool]) -> None:
         """Lift Accordion's calendar once the node's own sge_execd answers `qping`, run inside the cluster's
         network. Not before: for up to max_unheard after a node of the same name went away, the qmaster
         still counts on the old execd, and would dispatch to the instance as soon as it is on. Waits at
-        most the controller's resume_timeout."""
+        most the controller's resume_timeout, and not once the controller gave it up: lifting the calendar
+        would undo its absent one, and a job could land there."""
         timeout = self.config.controller.resume_timeout
         deadline = time.monotonic() + timeout
         while not self.execd_answers(node):
             if time.monotonic() >= deadline:
                 raise SchedulerError(f"{node}: sge_execd did not answer on port {EXECD_PORT} within {timeout:.0f} s")
+            if given_up():
+                return
             time.sleep(0.1)
-        self._calendar([node], None)
+        if not given_up():
+            self._calendar([node], None)
 
     def execd_answers(self, node: str) -> bool:
         try:

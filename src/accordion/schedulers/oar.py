@@ -31,6 +31,7 @@ import pwd
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -485,16 +486,20 @@ class OarScheduler:
     def nodes_starting(self, nodes: list[str]) -> None:
         """Nothing to prepare: each node's resources stay Absent until `node_started`."""
 
-    def node_started(self, node: str) -> None:
+    def node_started(self, node: str, given_up: Callable[[], bool]) -> None:
         """Set the node's resources Alive once its sshd greets, which OAR needs to launch jobs there. Waits
-        at most the controller's resume_timeout (a node that has not registered by then is given up on)."""
+        at most the controller's resume_timeout (a node that has not registered by then is given up on),
+        and not once the controller gave it up: Alive would undo its Absent, and a job could land there."""
         timeout = self.config.controller.resume_timeout
         deadline = time.monotonic() + timeout
         while not self.sshd_answers(node):
             if time.monotonic() >= deadline:
                 raise SchedulerError(f"{node}: sshd did not answer on port {SSHD_PORT} within {timeout:.0f} s")
+            if given_up():
+                return
             time.sleep(0.05)
-        self._cmd(["oarnodesetting", "-s", "Alive", "-h", node])
+        if not given_up():
+            self._cmd(["oarnodesetting", "-s", "Alive", "-h", node])
 
     def sshd_answers(self, node: str) -> bool:
         return self._connects(self.provider.address(node), SSHD_PORT, "SSH-")

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -599,8 +600,9 @@ class SlurmScheduler:
     def nodes_starting(self, nodes: list[str]) -> None:
         self._update(nodes, "State=UNDRAIN")  # one command for all: 280 of them were ~5 % of a burst's CPU
 
-    def node_started(self, node: str) -> None:
-        """Nothing to do: slurmd registers itself and ReturnToService=2 puts the node in service."""
+    def node_started(self, node: str, given_up: Callable[[], bool]) -> None:
+        """Nothing to do: slurmd registers itself and ReturnToService=2 puts the node in service (a node given
+        up keeps the drain flag `mark_absent` set: it registers out of service)."""
 
     def nudge(self, idle: list[str]) -> float:
         """A scheduling pass now. In Slurm 22.05 a submission, a node registering and every update only
