@@ -47,6 +47,13 @@ def test_node_states():
     assert v.marked_absent and v.absent_since is not None and v.reason == "node container gone"
     v = node("IDLE", LastBusyTime="2026-11-22T22:34:46")
     assert v.state == SchedState.IDLE and v.idle_since is not None and v.responding
+    # `scontrol update state=fail`: out of use by an administrator, like a drain; read as idle capacity, a
+    # waiting job was fitted onto it and waited for the administrator.
+    for state in ("IDLE+FAIL", "FAIL"):
+        v = node(state, "disk errors")
+        assert v.state == SchedState.HELD and v.held and v.reason == "disk errors", state
+    v = node("MIXED+FAIL", "disk errors", alloc="1")
+    assert v.state == SchedState.BUSY and v.held  # its job goes on; no room for another
 
 
 def test_jobs_come_first_whatever_the_flags():

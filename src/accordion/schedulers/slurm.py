@@ -297,7 +297,8 @@ def node_view(fields: dict[str, str], has_jobs: bool = False, nudged: bool = Fal
     memory = int(fields.get("RealMemory", "0") or 0)
     alloc_mem = int(fields.get("AllocMem", "0") or 0)
     in_use = has_jobs or (not nudged and (alloc > 0 or base in ("ALLOCATED", "MIXED", "COMPLETING") or "COMPLETING" in flags))
-    drain = "DRAIN" in flags or base in ("DRAINED", "DRAINING")
+    # FAIL (`scontrol update state=fail`): an administrator's, like a drain: no new job, running ones go on.
+    drain = "DRAIN" in flags or "FAIL" in flags or base in ("DRAINED", "DRAINING", "FAIL", "FAILING")
     down = base == "DOWN"
     held = (drain or down) and not ours
     if in_use:
