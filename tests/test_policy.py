@@ -369,3 +369,15 @@ def test_index_keeps_busy_and_unresponsive_nodes_in_one_name_order():
     g = index_nodes(ns)["c"]
     assert [n.name for n in g.busy] == ["c0", "c01", "c1"]
     assert [n.name for n in g.partly_free] == ["c1"]
+
+
+def test_a_job_of_several_node_sets_takes_one_where_its_memory_fits():
+    # -p a,b --mem=2G: a's busy nodes have CPUs left but 512 MB; counted as room by CPUs alone, a was chosen,
+    # nothing was started, and the job waited for a's jobs to end while b could have run it.
+    specs = (NodeSetSpec("a", 0, 2, 4, 60.0, None, 4096), NodeSetSpec("b", 0, 2, 4, 60.0, None, 4096))
+    busy = tuple(Node(f"a-{i}", "a", NodeState.BUSY, 0.0, 2, 512) for i in range(2))
+    absent = tuple(Node(f"b-{i}", "b", NodeState.ABSENT, 0.0) for i in range(2))
+    big = Job("9", "a", 1, 1, False, 0.0, nodesets=("a", "b"), mem_per_node=2048)
+    assert decide(Snapshot(100.0, specs, busy + absent, (big,))).start == [Start(("b-0",), "b", "job 9 needs 1 node of 1 CPU")]
+    small = Job("9", "a", 1, 1, False, 0.0, nodesets=("a", "b"), mem_per_node=256)  # fits beside a's jobs
+    assert decide(Snapshot(100.0, specs, busy + absent, (small,))).start == []

@@ -222,7 +222,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
         s, g = shape(job, specs[name]), snapshot.of(name)
         assert s is not None
         up = [n for n in [*g.idle, *g.starting] if n.name not in excluded]
-        partly = [n for n in g.partly_free if n.name not in excluded and n.free_cpus >= s.cpus]
+        partly = [n for n in g.partly_free if n.name not in excluded and n.free_cpus >= s.cpus and n.free_mem >= s.mem]
         if len(up) + len(partly) >= s.nodes:
             return name
     for name in usable:
