@@ -1,11 +1,14 @@
 """The Grid Engine adapter's reading of qstat's XML (recorded from Grid Engine 8.1.9, Debian) and of queue
 instance states."""
 
+import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 from accordion.config import ClusterConfig
-from accordion.model import SchedState
+from accordion.model import Job, SchedState
 from accordion.paths import ClusterPaths
 from accordion.providers.local import LocalProvider
 from accordion.schedulers.gridengine import ABSENT, DRAINING, GridEngineScheduler, Instance, host_calendars, parse_qstat_f, task_count
@@ -109,3 +112,24 @@ def test_a_node_given_up_keeps_its_absent_calendar(tmp_path, monkeypatch):
     assert lifted == []
     sched.node_started("hpc-node-0", lambda: False)
     assert lifted == [["hpc-node-0"]]
+
+
+def test_hosts_asked_for_by_name_are_the_only_ones_the_job_can_have(tmp_path, monkeypatch):
+    # `qsub -l h=hpc-node-2`, the usual way to pin a job to a host: unread, the job was fitted onto an idle
+    # node it could not use, and hpc-node-2 was never started.
+    sched = adapter(tmp_path, monkeypatch)
+    entry = ET.fromstring("<job_list state='pending'><JB_job_number>8</JB_job_number><state>qw</state></job_list>")
+
+    def job(*requests: tuple[str, str], queue: str = "") -> Job:
+        listed = "".join(f"<element><CE_name>{n}</CE_name><CE_stringval>{escape(v)}</CE_stringval></element>" for n, v in requests)
+        queues = f"<JB_hard_queue_list><destin_ident_list><QR_name>{queue}</QR_name></destin_ident_list></JB_hard_queue_list>" if queue else ""
+        details = ET.fromstring(f"<djob_info><JB_submission_time>5</JB_submission_time>{queues}"
+                                f"<JB_hard_resource_list>{listed}</JB_hard_resource_list></djob_info>")
+        return sched._pending_job("8", "qw", entry, details, time.time())
+
+    every = {f"hpc-node-{i}" for i in range(4)}
+    assert set(job(("h", "hpc-node-2")).excluded) == every - {"hpc-node-2"}
+    assert set(job(("hostname", "hpc-node-*&!hpc-node-0")).excluded) == {"hpc-node-0"}
+    assert set(job(("h", "hpc-node-1|hpc-node-3"), queue="compute@hpc-node-3").excluded) == every - {"hpc-node-3"}
+    assert set(job(("h", "other-host")).excluded) == every  # nowhere here: nothing is started for it
+    assert job(("h_vmem", "1G")).excluded == ()

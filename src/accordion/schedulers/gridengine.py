@@ -35,6 +35,7 @@ all slots on one host.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import pwd
 import re
@@ -203,6 +204,43 @@ def task_count(spec: str) -> int:
         first, _, last = bounds.partition("-")
         count += (int(last) - int(first)) // int(step or 1) + 1 if last else 1
     return count
+
+
+def host_matches(expression: str, host: str) -> bool:
+    """Whether `host` satisfies a host request (`qsub -l h=EXPR`): Grid Engine's expression of wildcard
+    patterns (`*`, `?`, `[...]`) joined by `|` (or) and `&` (and), negated by `!`, grouped by parentheses."""
+    tokens = re.findall(r"[|&!()]|[^|&!()]+", expression.replace(" ", ""))
+    at = 0
+
+    def either() -> bool:
+        nonlocal at
+        value = both()
+        while at < len(tokens) and tokens[at] == "|":
+            at += 1
+            value = both() or value
+        return value
+
+    def both() -> bool:
+        nonlocal at
+        value = one()
+        while at < len(tokens) and tokens[at] == "&":
+            at += 1
+            value = one() and value
+        return value
+
+    def one() -> bool:
+        nonlocal at
+        token = tokens[at] if at < len(tokens) else ""
+        at += 1
+        if token == "!":
+            return not one()
+        if token == "(":
+            value = either()
+            at += 1  # ")"
+            return value
+        return fnmatch.fnmatchcase(host, token)
+
+    return either()
 
 
 @dataclass(frozen=True)
@@ -663,6 +701,13 @@ class GridEngineScheduler:
                     queues.append(ns.name)
                     if host:
                         hosts.update(h for h in ns.node_names() if h == host or host in ("*", f"@{ns.name}"))
+        # Hosts asked for by name (`-l h=hpc-node-1`, `-l hostname='hpc-node-*&!hpc-node-0'`): the usual way
+        # to pin a job to a host. Unread, the job was fitted onto any node, and waited for ever there.
+        wanted = [r.findtext("CE_stringval") or "" for r in d.findall("JB_hard_resource_list/*")
+                  if r.findtext("CE_name") in ("h", "hostname")]
+        if wanted:
+            every = {h for ns in self.config.nodesets for h in ns.node_names()}
+            hosts = {h for h in (hosts or every) if all(host_matches(w, h) for w in wanted)}
         pes = self._pes()
         candidates = tuple(dict.fromkeys(queues)) if named else tuple(ns.name for ns in self.config.nodesets)
         if pe_name:
@@ -670,7 +715,8 @@ class GridEngineScheduler:
             candidates = tuple(c for c in candidates if not rule.isdigit() or int(rule) <= self.config.nodeset(c).cpus)
         nodeset = candidates[0] if candidates else self.config.nodesets[0].name
         nodes, per_node, cpus = _pe_shape(pes.get(pe_name, "$fill_up"), slots, self.config.nodeset(nodeset).cpus) if pe_name else (1, 1, 0)
-        excluded = tuple(h for c in candidates for h in self.config.nodeset(c).node_names() if hosts and h not in hosts)
+        restricted = bool(hosts) or bool(wanted)  # none left: every node is excluded, nothing is started for it
+        excluded = tuple(h for c in candidates for h in self.config.nodeset(c).node_names() if restricted and h not in hosts)
         predecessors = [p.text or "" for p in d.findall(".//JB_jid_predecessor_list/*/JRE_job_number")]
         start_at = int(d.findtext("JB_execution_time") or 0)
         count = 1
