@@ -186,6 +186,14 @@ def test_a_queue_instance_disabled_by_an_administrator_is_held(c):
         c.sh("qmod -e compute@hpc-node-0")
 
 
+def test_a_job_asking_for_a_host_by_name_runs_there(c):
+    # `qsub -l h=NODE`, the usual way to pin a job to a host: unread, another node was started for the job,
+    # which Grid Engine never ran there, and the job waited for ever.
+    job = c.qsub("echo ran on $(hostname)", "-l h=hpc-node-2", name="pinned")
+    c.wait_job(job, {"COMPLETED"}, 60)
+    assert "ran on hpc-node-2" in (c.shared / f"pinned.o{job}").read_text()
+
+
 class Kind:
     def __init__(self, c: GridEngineCluster, kind: str) -> None:
         self.c, self.kind = c, kind
