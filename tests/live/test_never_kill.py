@@ -151,7 +151,9 @@ def test_drains_by_an_administrator_are_theirs(make_cluster):
     c.wait_job(idle_job, DONE, 30)
     busy, idle = c.job(busy_job)["NodeList"], c.job(idle_job)["NodeList"]
     assert busy != idle and wait_for(lambda: c.node_states().get(idle) == "idle", 10, "the idle node")
-    c.sh(f"scontrol update nodename={busy},{idle} state=drain reason='maintenance by admin'")
+    # A drain, and `state=fail` (no new job, the running one goes on; read as idle capacity before).
+    c.sh(f"scontrol update nodename={idle} state=drain reason='maintenance by admin'")
+    c.sh(f"scontrol update nodename={busy} state=fail reason='maintenance by admin'")
     t0 = time.time()
     job = c.sbatch("hostname", "-N1", name="after")
     # Neither drained node is capacity: a third node starts for the new job, which runs there.
