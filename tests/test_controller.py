@@ -438,6 +438,40 @@ def test_a_start_that_put_its_node_in_service_as_it_was_given_up_keeps_it(tmp_pa
     assert ("c-0", True) in seen and "c-0" in prov.nodes
 
 
+def test_a_start_given_up_after_a_job_landed_is_removed_once_told_absent(tmp_path, monkeypatch):
+    # Alive went out just before the give-up, a job landed, then the loop's Absent: the scheduler has the
+    # node busy but absent (its job is lost either way). Kept for that, it stayed for ever, unresponsive.
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, max_nodes=1, resume_timeout=5)
+    gate, seen = threading.Event(), []
+    oar_like(sched, gate, seen, lambda given_up: True)
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+    ctl.step()
+    now[0] += 6
+    ctl.step()
+    gate.set()
+    settle(ctl)
+    sched.state["c-0"] = SchedNode("c-0", SchedState.BUSY, 0, marked_absent=True)
+    step(ctl)
+    assert "c-0" not in prov.nodes
+
+
+def test_a_name_listed_busy_by_a_stale_job_is_started_once(tmp_path, monkeypatch):
+    # Its container died under a job the scheduler still lists (OAR, Grid Engine: busy, marked absent). Its
+    # new start, still running, read as that stale "busy" and with no container as absent: started again
+    # at every step.
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, max_nodes=1)
+    sched.registers = False
+    sched.nodes_starting = lambda nodes: None  # OAR, Grid Engine: nothing to do here
+    sched.state["c-0"] = SchedNode("c-0", SchedState.BUSY, 0, marked_absent=True)
+    sched.jobs = [Job("1", "c", 1, 2, True, 0.0, node_names=("c-0",)), Job("2", "c", 1, 2, False, 0.0)]
+    prov.hang = threading.Event()  # a slow create
+    for _ in range(3):
+        ctl.step()
+    prov.hang.set()
+    settle(ctl)
+    assert [n for k, n in kinds(paths) if k == "requested"] == ["c-0"]
+
+
 def test_registered_node_is_never_starting_again(tmp_path, monkeypatch):
     """slurmctld restarted, or a missed ping: the scheduler reports a node that has registered once as
     unknown. Judged by its age it was given up as "did not register" and deleted under its job."""

@@ -133,3 +133,6 @@ def test_hosts_asked_for_by_name_are_the_only_ones_the_job_can_have(tmp_path, mo
     assert set(job(("h", "hpc-node-1|hpc-node-3"), queue="compute@hpc-node-3").excluded) == every - {"hpc-node-3"}
     assert set(job(("h", "other-host")).excluded) == every  # nowhere here: nothing is started for it
     assert job(("h_vmem", "1G")).excluded == ()
+    # As Grid Engine compares host names: without case, a domain aside, and brackets with their "!".
+    assert set(job(("h", "HPC-Node-1.example.org")).excluded) == every - {"hpc-node-1"}
+    assert set(job(("h", "hpc-node-[!0-2]")).excluded) == every - {"hpc-node-3"}

@@ -208,7 +208,7 @@ class Controller:
         given_up, self._given_up = self._given_up, set()
         for name in sorted(given_up & set(containers)):
             sn = view.nodes.get(name)
-            if sn is None or sn.state not in (SchedState.IDLE, SchedState.BUSY, SchedState.DRAINING):
+            if sn is None or sn.marked_absent or sn.state not in (SchedState.IDLE, SchedState.BUSY):
                 del containers[name]
                 self._submit(name, "remove")
         for name in sorted(set(containers) - set(self.nodeset_of)):
@@ -266,7 +266,7 @@ class Controller:
         # A name being prepared or unprepared is absent: the policy may start it (the start waits for that op).
         # A start still running whose node the scheduler already has in service (it registered, and may run a
         # job, before the start's last step: a slow create, OAR's Alive before a nudge) is what the scheduler says.
-        in_service = sn is not None and sn.state in (SchedState.IDLE, SchedState.BUSY)
+        in_service = info is not None and sn is not None and not sn.marked_absent and sn.state in (SchedState.IDLE, SchedState.BUSY)
         if op is not None and op.kind not in ("prepare", "unprepare") and not (op.kind == "start" and in_service):
             if op.kind == "start" and not op.abandoned.is_set():
                 return NodeState.STARTING, self.requested_at.get(name, now), 0, 0

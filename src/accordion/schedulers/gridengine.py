@@ -209,7 +209,8 @@ def task_count(spec: str) -> int:
 def host_matches(expression: str, host: str) -> bool:
     """Whether `host` satisfies a host request (`qsub -l h=EXPR`): Grid Engine's expression of wildcard
     patterns (`*`, `?`, `[...]`) joined by `|` (or) and `&` (and), negated by `!`, grouped by parentheses."""
-    tokens = re.findall(r"[|&!()]|[^|&!()]+", expression.replace(" ", ""))
+    # Host names compare as Grid Engine compares them: without case, and a domain asked for is not ours.
+    tokens = re.findall(r"[|&!()]|(?:\[[^\]]*\]|[^|&!()\[])+", expression.replace(" ", "").lower())
     at = 0
 
     def either() -> bool:
@@ -238,7 +239,7 @@ def host_matches(expression: str, host: str) -> bool:
             value = either()
             at += 1  # ")"
             return value
-        return fnmatch.fnmatchcase(host, token)
+        return fnmatch.fnmatchcase(host.lower(), token if any(c in token for c in "*?[") else token.split(".")[0])
 
     return either()
 
