@@ -381,3 +381,17 @@ def test_a_job_of_several_node_sets_takes_one_where_its_memory_fits():
     assert decide(Snapshot(100.0, specs, busy + absent, (big,))).start == [Start(("b-0",), "b", "job 9 needs 1 node of 1 CPU")]
     small = Job("9", "a", 1, 1, False, 0.0, nodesets=("a", "b"), mem_per_node=256)  # fits beside a's jobs
     assert decide(Snapshot(100.0, specs, busy + absent, (small,))).start == []
+
+
+def test_a_job_of_several_node_sets_does_not_count_nodes_kept_for_an_older_job():
+    # a's idle nodes are kept for the older 4-node job's reservation: the scheduler will not give them to a
+    # later job either, so the later `-p a,b` job gets a node of b rather than waiting for the older one.
+    specs = (NodeSetSpec("a", 0, 4, 2, 60.0), NodeSetSpec("b", 0, 4, 2, 60.0))
+    nodes = tuple(Node(f"a-{i}", "a", NodeState.BUSY if i < 2 else NodeState.IDLE, 0.0) for i in range(4))
+    nodes += tuple(Node(f"b-{i}", "b", NodeState.ABSENT, 0.0) for i in range(4))
+    older = Job("10", "a", 4, 2, False, 0.0, nodesets=("a",))
+    later = Job("11", "a", 1, 2, False, 5.0, nodesets=("a", "b"))
+    plan = decide(Snapshot(100.0, specs, nodes, (later, older)))  # not in submission order
+    assert plan.start == [Start(("b-0",), "b", "job 11 needs 1 node of 2 CPUs")] and plan.stop == []
+    # With no older job, a's idle nodes are its own.
+    assert decide(Snapshot(100.0, specs, nodes, (later,))).start == []

@@ -211,9 +211,10 @@ def _fit(
     return wanted, starts, head
 
 
-def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str | None:
+def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot, unclaimed: dict[str, int]) -> str | None:
     """The node set a job that may run in several takes its nodes from: the first where it fits on nodes
-    already up, else the first with room to start what it needs, else the first where it can ever run."""
+    already up that no older job claims (`unclaimed` whole nodes), else the first with room to start what it
+    needs, else the first where it can ever run."""
     usable = [n for n in job.candidates if n in specs and shape(job, specs[n]) is not None]
     if len(usable) < 2:
         return usable[0] if usable else None
@@ -223,7 +224,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
         assert s is not None
         up = [n for n in [*g.idle, *g.starting] if n.name not in excluded]
         partly = [n for n in g.partly_free if n.name not in excluded and n.free_cpus >= s.cpus and n.free_mem >= s.mem]
-        if len(up) + len(partly) >= s.nodes:
+        if min(len(up), unclaimed[name]) + len(partly) >= s.nodes:
             return name
     for name in usable:
         s, g = shape(job, specs[name]), snapshot.of(name)
@@ -231,7 +232,7 @@ def _choose(job: Job, specs: dict[str, NodeSetSpec], snapshot: Snapshot) -> str 
         active = len(g.starting) + len(g.idle) + len(g.busy)
         startable = sum(1 for n in g.absent if n not in excluded)
         up = [n for n in [*g.idle, *g.starting] if n.name not in excluded]
-        if s.nodes <= len(up) + min(startable, specs[name].max_nodes - active):
+        if s.nodes <= min(len(up), unclaimed[name]) + min(startable, specs[name].max_nodes - active):
             return name
     return usable[0]
 
@@ -311,14 +312,35 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
         left -= len(names)
 
 
+def _by_nodeset(snapshot: Snapshot, specs: dict[str, NodeSetSpec]) -> dict[str, list[Job]]:
+    """The waiting jobs of each node set. A job naming node sets takes up nodes of one only if older jobs leave
+    them (`_choose`): those they would start on, and those kept for an older job's reservation (the floor),
+    which the scheduler would not give it either; so once such a job is seen, every job is placed again,
+    oldest first, counting the up nodes each claims. The simulator's queues have none: one pass."""
+    waiting: dict[str, list[Job]] = {}
+    for job in snapshot.waiting:
+        if job.nodesets:
+            break
+        if job.nodeset in specs:
+            waiting.setdefault(job.nodeset, []).append(job)
+    else:
+        return waiting
+    waiting = {}
+    unclaimed = {s.name: len(snapshot.of(s.name).idle) + len(snapshot.of(s.name).starting) for s in snapshot.nodesets}
+    for job in fcfs(snapshot.waiting):
+        target = _choose(job, specs, snapshot, unclaimed)
+        if target is not None:
+            waiting.setdefault(target, []).append(job)
+            s = shape(job, specs[target])
+            assert s is not None  # `_choose` takes only node sets where the job can run
+            unclaimed[target] -= min(unclaimed[target], s.nodes * job.count)
+    return waiting
+
+
 def decide(snapshot: Snapshot) -> Plan:
     plan = Plan()
     specs = {s.name: s for s in snapshot.nodesets}
-    waiting: dict[str, list[Job]] = {}
-    for job in snapshot.waiting:
-        target = job.nodeset if not job.nodesets and job.nodeset in specs else _choose(job, specs, snapshot)
-        if target is not None:
-            waiting.setdefault(target, []).append(job)
+    waiting = _by_nodeset(snapshot, specs)
     for spec in snapshot.nodesets:
         decide_nodeset(spec, snapshot, snapshot.of(spec.name), waiting.get(spec.name, []), plan)
     return plan
