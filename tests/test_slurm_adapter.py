@@ -54,6 +54,12 @@ def test_node_states():
         assert v.state == SchedState.HELD and v.held and v.reason == "disk errors", state
     v = node("MIXED+FAIL", "disk errors", alloc="1")
     assert v.state == SchedState.BUSY and v.held  # its job goes on; no room for another
+    # DOWN: Slurm's own (stamped by SlurmUser) is a failure, its container goes and the name is used again;
+    # an administrator's is theirs, like a drain: read as Slurm's, its reason was overwritten and the name
+    # started again.
+    assert node("DOWN*", "Not responding [slurm@2026-12-03T08:17:44]").state == SchedState.DOWN
+    v = node("DOWN", "bad DIMM [root@2026-12-03T08:17:44]")
+    assert v.state == SchedState.HELD and v.held and v.reason == "bad DIMM"
 
 
 def test_jobs_come_first_whatever_the_flags():

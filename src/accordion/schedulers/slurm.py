@@ -301,10 +301,14 @@ def node_view(fields: dict[str, str], has_jobs: bool = False, nudged: bool = Fal
     drain = "DRAIN" in flags or "FAIL" in flags or base in ("DRAINED", "DRAINING", "FAIL", "FAILING")
     down = base == "DOWN"
     held = (drain or down) and not ours
+    # Who set the reason: Slurm stamps its own `[slurm@time]` (SlurmUser), an administrator's `[root@time]`.
+    setter = re.search(r"\[([^@\]]*)@[0-9T:-]+\]$", reason)
     if in_use:
         state = SchedState.DRAINING if drain and ours else SchedState.BUSY
     elif drain and not ours:
         state = SchedState.HELD  # an administrator's or Slurm's own drain: theirs to lift
+    elif down and not ours and setter is not None and setter.group(1) != "slurm":
+        state = SchedState.HELD  # `scontrol update state=down` by an administrator: theirs, like a drain
     elif down and not ours:
         state = SchedState.DOWN
     elif drain and not down:
