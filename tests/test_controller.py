@@ -375,13 +375,12 @@ def oar_like(sched, gate, seen, put_in_service):
     sched.node_started = node_started
 
 
-def test_a_start_given_up_while_waiting_for_its_node_puts_nothing_in_service(tmp_path, monkeypatch):
-    # OAR's sshd, Grid Engine's execd answering after resume_timeout (or the start queued behind 31 others):
-    # the start went on after the give-up and set the node Alive, undoing the Absent the loop had just set;
-    # a job landed there and died when the container was removed.
-    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5)
+def given_up(tmp_path, monkeypatch, put_in_service, max_nodes=3):
+    """A job's node c-0 whose agent answers only after the loop gave its start up (resume_timeout), and
+    the start then returned: (controller, scheduler, provider, paths, what each node_started was told)."""
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, max_nodes=max_nodes, resume_timeout=5)
     gate, seen = threading.Event(), []
-    oar_like(sched, gate, seen, lambda given_up: not given_up())
+    oar_like(sched, gate, seen, put_in_service)
     sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
     ctl.step()
     now[0] += 6
@@ -389,6 +388,14 @@ def test_a_start_given_up_while_waiting_for_its_node_puts_nothing_in_service(tmp
     assert ("c-0", "did not register within 5 s") in sched.absent_calls
     gate.set()
     settle(ctl)
+    return ctl, sched, prov, paths, seen
+
+
+def test_a_start_given_up_while_waiting_for_its_node_puts_nothing_in_service(tmp_path, monkeypatch):
+    # OAR's sshd, Grid Engine's execd answering after resume_timeout (or the start queued behind 31 others):
+    # the start went on after the give-up and set the node Alive, undoing the Absent the loop had just set;
+    # a job landed there and died when the container was removed.
+    ctl, sched, prov, paths, seen = given_up(tmp_path, monkeypatch, lambda given_up: not given_up())
     step(ctl)
     step(ctl)
     assert ("c-0", True) in seen  # told, when its node answered at last
@@ -424,15 +431,7 @@ def test_a_node_in_service_before_its_start_returned_is_not_given_up(tmp_path, m
 def test_a_start_that_put_its_node_in_service_as_it_was_given_up_keeps_it(tmp_path, monkeypatch):
     # The node came into service in the instant the loop gave it up (Alive sent before the start could be
     # told): the scheduler runs a job there, so the container stays.
-    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, resume_timeout=5)
-    gate, seen = threading.Event(), []
-    oar_like(sched, gate, seen, lambda given_up: True)
-    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
-    ctl.step()
-    now[0] += 6
-    ctl.step()
-    gate.set()
-    settle(ctl)
+    ctl, sched, prov, paths, seen = given_up(tmp_path, monkeypatch, lambda given_up: True)
     step(ctl)
     step(ctl)
     assert ("c-0", True) in seen and "c-0" in prov.nodes
@@ -441,15 +440,7 @@ def test_a_start_that_put_its_node_in_service_as_it_was_given_up_keeps_it(tmp_pa
 def test_a_start_given_up_after_a_job_landed_is_removed_once_told_absent(tmp_path, monkeypatch):
     # Alive went out just before the give-up, a job landed, then the loop's Absent: the scheduler has the
     # node busy but absent (its job is lost either way). Kept for that, it stayed for ever, unresponsive.
-    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, max_nodes=1, resume_timeout=5)
-    gate, seen = threading.Event(), []
-    oar_like(sched, gate, seen, lambda given_up: True)
-    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
-    ctl.step()
-    now[0] += 6
-    ctl.step()
-    gate.set()
-    settle(ctl)
+    ctl, sched, prov, paths, seen = given_up(tmp_path, monkeypatch, lambda given_up: True, max_nodes=1)
     sched.state["c-0"] = SchedNode("c-0", SchedState.BUSY, 0, marked_absent=True)
     step(ctl)
     assert "c-0" not in prov.nodes
