@@ -13,6 +13,7 @@ from accordion.schedulers.slurm import (
     TASK_PROLOG_SCRIPT,
     array_tasks,
     node_view,
+    parse_reservations,
     parse_scontrol_oneliner,
     parse_squeue_json,
     render_slurm_conf,
@@ -247,3 +248,30 @@ def test_the_task_prolog_stands_aside_for_steps_repeats_and_says_why_it_cannot_r
     assert run_task_prolog(tmp_path / "twice", {"SLURM_RESTART_COUNT": "2"}, script=False)[::2] == (1, "requeue 42")
     rc, out, call = run_task_prolog(tmp_path / "norequeue", {}, script=False, requeue_rc=1)
     assert (rc, call) == (1, "requeue 42") and "submit it again" in out
+
+
+def test_the_nodes_of_an_active_reservation_are_its_jobs_only():
+    """A maintenance reservation on compute-[1-2] (as 22.05 prints it): a job outside it was fitted onto them,
+    or had them started (absent, they are not flagged RESERVED), and waited while they idled; a job of the
+    reservation may have only them."""
+    import json
+
+    text = (
+        "ReservationName=maint StartTime=2026-12-03T09:16:44 EndTime=2026-12-03T10:16:44 Duration=01:00:00 "
+        "Nodes=compute-[1-2] NodeCnt=2 CoreCnt=2 Features=(null) PartitionName=(null) Flags=MAINT,IGNORE_JOBS,SPEC_NODES "
+        "TRES=cpu=2 Users=root Groups=(null) Accounts=(null) Licenses=(null) State=ACTIVE BurstBuffer=(null) Watts=n/a "
+        "MaxStartDelay=(null)\n"
+        "ReservationName=later StartTime=2026-12-04T09:00:00 EndTime=2026-12-04T10:00:00 Duration=01:00:00 "
+        "Nodes=compute-0 NodeCnt=1 CoreCnt=1 Features=(null) PartitionName=(null) Flags=MAINT TRES=cpu=1 Users=root "
+        "Groups=(null) Accounts=(null) Licenses=(null) State=INACTIVE BurstBuffer=(null) Watts=n/a MaxStartDelay=(null)\n"
+    )
+    reserved = parse_reservations(text)
+    assert reserved == {"maint": {"compute-1", "compute-2"}}
+    assert parse_reservations("No reservations in the system\n") == {}
+    base = {"job_state": "PENDING", "partition": "compute", "node_count": 1, "cpus": 1, "submit_time": 1, "priority": 1,
+            "state_reason": "ReqNodeNotAvail"}
+    records = [{**base, "job_id": 3, "resv_name": "", "excluded_nodes": "compute-3"}, {**base, "job_id": 1, "resv_name": "maint"}]
+    names = frozenset(f"compute-{i}" for i in range(4))
+    jobs = {j.id: j for j in parse_squeue_json(json.dumps({"jobs": records}), ["compute"], reserved, names)}
+    assert jobs["3"].excluded == ("compute-1", "compute-2", "compute-3")
+    assert jobs["1"].excluded == ("compute-0", "compute-3")

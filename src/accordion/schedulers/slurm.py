@@ -31,7 +31,7 @@ from pathlib import Path
 from accordion import daemons
 from accordion.config import ClusterConfig
 from accordion.errors import SchedulerError
-from accordion.model import Job, SchedNode, SchedState, SchedulerView
+from accordion.model import Job, SchedNode, SchedState, SchedulerView, node_order
 from accordion.paths import ClusterPaths
 from accordion.providers.base import Bind, NodeSpec, Provider
 from accordion.sh import CommandError, run, wait_until
@@ -655,10 +655,16 @@ class SlurmScheduler:
 
     def observe(self) -> SchedulerView:
         # Both commands at once: each is tens of milliseconds of a job's wait for its first node.
-        with ThreadPoolExecutor(max_workers=1) as side:
+        # Reservations too: Slurm flags a reserved node RESERVED only once it is up, and an absent one
+        # started for a job outside the reservation would idle there, the job waiting on.
+        with ThreadPoolExecutor(max_workers=2) as side:
             node_lines = side.submit(self._cmd, ["scontrol", "show", "node", "-o"])
-            jobs = parse_squeue_json(self._cmd(["squeue", "--json"]), [ns.name for ns in self.config.nodesets])
+            reservations = side.submit(self._cmd, ["scontrol", "show", "reservation", "-o"])
+            squeue = self._cmd(["squeue", "--json"])
             node_text = node_lines.result()
+            reserved = parse_reservations(reservations.result())
+        names = frozenset(n for ns in self.config.nodesets for n in ns.node_names())
+        jobs = parse_squeue_json(squeue, [ns.name for ns in self.config.nodesets], reserved, names)
         with_jobs = {n for j in jobs if j.running for n in j.node_names}
         now = time.monotonic()
         with self._nudged_lock:
@@ -702,11 +708,27 @@ def _wants_nodes(r: dict[str, object], reason: str, now: float) -> bool:
     return reason in RESOURCE_REASONS or reason.split(",")[0] in RESOURCE_REASONS
 
 
-def parse_squeue_json(text: str, nodesets: list[str]) -> list[Job]:
+def parse_reservations(text: str) -> dict[str, frozenset[str]]:
+    """The nodes of each active reservation, from `scontrol show reservation -o`."""
+    from ClusterShell.NodeSet import NodeSet as HostList
+
+    active = {}
+    for line in text.splitlines():
+        fields = parse_scontrol_oneliner(line)
+        if fields.get("State") == "ACTIVE" and fields.get("Nodes") not in (None, "", "(null)"):
+            active[fields.get("ReservationName", "")] = frozenset(HostList(fields["Nodes"]))
+    return active
+
+
+def parse_squeue_json(
+    text: str, nodesets: list[str], reserved: dict[str, frozenset[str]] | None = None, names: frozenset[str] = frozenset()
+) -> list[Job]:
     """Every job of the node sets Accordion manages, with its shape read in full (squeue --json, OpenAPI
     v0.0.38 on Slurm 22.05): node and CPU counts, memory per node or per CPU, required and excluded nodes,
     every partition it may run in, the pending tasks of an array (one record for all of them) and its
-    array throttle (`%N`), and `--exclusive`."""
+    array throttle (`%N`), and `--exclusive`. `reserved`: the nodes of each active reservation
+    (`parse_reservations`): a job of one may use only its nodes (of `names`, the node sets' nodes), any other
+    job none of them; Slurm gives them no other, and fitted there they waited for the reservation's end."""
     from ClusterShell.NodeSet import NodeSet as HostList
 
     data = json.loads(text)
@@ -728,6 +750,10 @@ def parse_squeue_json(text: str, nodesets: list[str]) -> list[Job]:
             continue
         reason = str(r.get("state_reason") or "")
         count = 1
+        excluded = set(HostList(r["excluded_nodes"])) if r.get("excluded_nodes") else set()
+        if reserved and not running:
+            its = reserved.get(str(r.get("resv_name") or ""))
+            excluded |= set().union(*reserved.values()) if its is None else names - its
         if not running and r.get("array_task_string"):
             count = array_tasks(str(r["array_task_string"]))
             if r.get("array_max_tasks"):
@@ -749,7 +775,7 @@ def parse_squeue_json(text: str, nodesets: list[str]) -> list[Job]:
                 mem_per_node=int(r.get("memory_per_node") or 0),
                 mem_per_cpu=int(r.get("memory_per_cpu") or 0),
                 required=tuple(HostList(r["required_nodes"])) if r.get("required_nodes") else (),
-                excluded=tuple(HostList(r["excluded_nodes"])) if r.get("excluded_nodes") else (),
+                excluded=tuple(sorted(excluded, key=node_order)),
                 count=count,
             )
         )
