@@ -395,3 +395,12 @@ def test_a_job_of_several_node_sets_does_not_count_nodes_kept_for_an_older_job()
     assert plan.start == [Start(("b-0",), "b", "job 11 needs 1 node of 2 CPUs")] and plan.stop == []
     # With no older job, a's idle nodes are its own.
     assert decide(Snapshot(100.0, specs, nodes, (later,))).start == []
+
+
+def test_names_a_job_excludes_are_no_capacity_for_its_floor():
+    # A 2-node job that excludes c-1 to c-3 (a reservation it is not in) beside a busy c-0: it can never run
+    # here (c-0 alone is left), so nothing is kept or started for it. A 3-node job beside busy c-0 and c-1 that
+    # excludes c-2 has c-3 kept for it, not c-2.
+    assert plan_for(nodes(busy=[0]), [job(1, n=2, excluded=("c-1", "c-2", "c-3"))]).start == []
+    p = plan_for(nodes(busy=[0, 1]), [job(1, n=3, excluded=("c-2",))])
+    assert started(p) == ["c-3"] and "kept in service" in p.start[0].reason

@@ -283,12 +283,19 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     # scheduler that reserves nothing (`Job.reservable`) gets no floor: the nodes would buy that job nothing.
     floor, why = spec.min_nodes, f"min_nodes is {spec.min_nodes}"
     need = shape(head, spec) if head is not None else None
-    if head is not None and need is not None and floor < need.nodes:
+    # Names the job excludes (`--exclude`, a reservation it is not in) are no capacity of its: with too few
+    # others it can never run here, and nodes kept for it would idle.
+    excluded = set(head.excluded) if head is not None else set()
+    if excluded:
+        excluded &= {n.name for n in [*starting, *idle, *g.busy]} | set(g.absent)
+    if head is not None and need is not None and floor < need.nodes <= active + room - len(excluded):
         floor, why = need.nodes, f"job {head.id} waits for busy nodes: {need.nodes} kept in service for its reservation"
+    else:
+        excluded = set()
     missing = floor - active - sum(len(s.nodes) for s in starts)
     if missing > 0:
         taken = {n for s in starts for n in s.nodes}
-        more = tuple(islice((n for n in g.absent if n not in taken), missing))
+        more = tuple(islice((n for n in g.absent if n not in taken and n not in excluded), missing))
         if more:
             starts.append(Start(more, name, why))
     plan.start += starts
