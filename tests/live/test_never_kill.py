@@ -181,6 +181,20 @@ def test_drains_by_an_administrator_are_theirs(make_cluster):
     assert {busy, idle} <= set(requested(c, t1))
 
 
+def test_a_reservations_nodes_are_its_jobs_only(make_cluster):
+    # A maintenance reservation on absent nodes: a job outside it had them started, and waited while they
+    # idled (Slurm flags a node RESERVED only once it is up); a job of the reservation may have only them.
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 3, "cpus": 1, "memory_mb": 128, "idle_timeout": 60}]})
+    c.sh("scontrol create reservation reservationname=maint starttime=now duration=60 nodes=n-1,n-2 users=root flags=maint,ignore_jobs")
+    t0 = time.time()
+    outside = c.sbatch("hostname", "-N2", name="outside")  # n-0 alone is left to it: it waits for the end
+    inside = c.sbatch("hostname", "--reservation=maint", name="inside")
+    assert c.wait_job(inside, DONE, 30) == "COMPLETED"
+    assert c.job(inside)["NodeList"] in ("n-1", "n-2") and requested(c, t0) == [c.job(inside)["NodeList"]]
+    assert c.job_state(outside) == "PENDING"
+    c.sh(f"scancel {outside}; scontrol delete reservation=maint")
+
+
 def test_array_asks_for_all_its_nodes_at_once(make_cluster):
     c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 8, "cpus": 1, "memory_mb": 128, "idle_timeout": 2}]})
     t0 = time.time()
