@@ -213,21 +213,20 @@ def host_matches(expression: str, host: str) -> bool:
     tokens = re.findall(r"[|&!()]|(?:\[[^\]]*\]|[^|&!()\[])+", expression.replace(" ", "").lower())
     at = 0
 
-    def either() -> bool:
+    def joined(symbol: str, operand: Callable[[], bool], combine: Callable[[list[bool]], bool]) -> bool:
+        """Operands joined by `symbol`, each read (they consume their tokens) before they are combined."""
         nonlocal at
-        value = both()
-        while at < len(tokens) and tokens[at] == "|":
+        values = [operand()]
+        while at < len(tokens) and tokens[at] == symbol:
             at += 1
-            value = both() or value
-        return value
+            values.append(operand())
+        return combine(values)
+
+    def either() -> bool:  # `|` binds loosest, then `&`, then `!`
+        return joined("|", both, any)
 
     def both() -> bool:
-        nonlocal at
-        value = one()
-        while at < len(tokens) and tokens[at] == "&":
-            at += 1
-            value = one() and value
-        return value
+        return joined("&", one, all)
 
     def one() -> bool:
         nonlocal at
