@@ -737,3 +737,42 @@ def test_a_prepared_name_no_longer_next_is_removed_and_a_failed_preparation_wait
     assert prov.prepared == {} and prov.prepare_calls == ["c-0"]  # tried once: not at every step
     assert not any(kind == "failed" for kind, _ in kinds(paths))  # not nodes: no failed start either
     assert {n.state.value for n in ctl.snapshot(sched.observe(), prov.list(), now[0]).nodes} == {"absent"}
+
+
+def test_a_start_that_failed_after_its_node_came_into_service_keeps_it(tmp_path, monkeypatch):
+    # The start's last command failed after it took effect (OAR's `oarnodesetting -s Alive` timed out once
+    # the node was Alive; a provider's create raised once slurmd had registered): a job ran there. Taken
+    # out as a failed start, its container was removed and the scheduler told it absent: the job was lost.
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch)
+    sched.registers = False
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+
+    def node_started(node, given_up):
+        sched.state[node] = SchedNode(node, SchedState.BUSY, 0)
+        sched.jobs = [Job("1", "c", 1, 2, True, 0.0, node_names=(node,))]
+        raise RuntimeError("oarnodesetting: timed out")
+
+    sched.node_started = node_started
+    step(ctl)
+    step(ctl)
+    step(ctl)
+    assert "c-0" in prov.nodes and [c for c in sched.absent_calls if c[0] == "c-0"] == []
+    assert ("failed", "c-0") not in kinds(paths)
+
+
+def test_a_start_that_failed_before_its_node_came_into_service_is_taken_out(tmp_path, monkeypatch):
+    # The same failure with the node not in service: a failed start, counted, its container removed.
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, max_start_failures=1)
+    sched.registers = False
+    sched.jobs = [Job("1", "c", 1, 2, False, 0.0)]
+
+    def node_started(node, given_up):
+        raise RuntimeError("oarnodesetting: timed out")
+
+    sched.node_started = node_started
+    step(ctl)
+    step(ctl)
+    step(ctl)
+    # Removed, and not started again at once: the name waits out its backoff (another is started).
+    assert "c-0" not in prov.nodes and ("c-0", "could not start: oarnodesetting: timed out; retried in 10 s") in sched.absent_calls
+    assert counts(ctl)["c-0"] == 1 and ("failed", "c-0") in kinds(paths)

@@ -104,7 +104,9 @@ class Controller:
         self.last_plan = Plan()
         self._status_last: dict[str, object] = {}
         self.ops: dict[str, Op] = {}
-        self._given_up: set[str] = set()  # starts given up that have returned: what they made goes (`_reconcile`)
+        # Starts given up (None) or failed (why) that have returned: what they made goes, unless the scheduler
+        # has the node in service after all (`_reconcile`).
+        self._ended: dict[str, str | None] = {}
         self._held: dict[str, str] = {}  # node -> reason, for nodes drained by someone else
         self._absent: dict[str, list[str]] = {}  # reason -> nodes taken out this step, told in `_flush`
         self._dirty = False  # failures or registrations changed this step: saved in `_flush`
@@ -144,13 +146,13 @@ class Controller:
                     log.error("could not remove %s: %s", name, error)
             elif op.abandoned.is_set():
                 # Given up while its start still ran: the failure is already reported, and the scheduler told.
-                # What it made is removed at the next observation (`_reconcile`), unless the scheduler has the
-                # node in service after all (it came in just as it was given up): a job may run there.
-                self._given_up.add(name)
+                self._ended[name] = None
             elif error is None:
                 self.events.emit("started", name, self.nodeset_of[name])
             else:
-                self._take_out(name, f"could not start: {error}", failed=True)
+                # Its last command may have failed after taking effect (OAR's Alive sent, then a timeout): the
+                # next observation tells (`_reconcile`).
+                self._ended[name] = f"could not start: {error}"
         self._flush()
 
     def _submit(self, name: str, kind: str, *, nudge: bool = False) -> None:
@@ -205,11 +207,19 @@ class Controller:
         """Make provider and scheduler agree before deciding anything (starts and removals in flight aside)."""
         for name in self.ops:
             containers.pop(name, None)
-        given_up, self._given_up = self._given_up, set()
-        for name in sorted(given_up & set(containers)):
+        ended, self._ended = self._ended, {}
+        for name, failure in sorted(ended.items()):
             sn = view.nodes.get(name)
-            if sn is None or sn.marked_absent or sn.state not in (SchedState.IDLE, SchedState.BUSY):
-                del containers[name]
+            if name in containers and sn is not None and not sn.marked_absent and sn.state in (SchedState.IDLE, SchedState.BUSY):
+                # In service after all (it came in just as it was given up, or its start failed after putting
+                # it there): a job may run there, so it stays.
+                if failure is not None:
+                    log.warning("%s: %s, but %s has it in service: kept", name, failure, self.scheduler.name)
+                continue
+            if failure is not None:
+                containers.pop(name, None)
+                self._take_out(name, failure, failed=True)
+            elif containers.pop(name, None) is not None:
                 self._submit(name, "remove")
         for name in sorted(set(containers) - set(self.nodeset_of)):
             del containers[name]
