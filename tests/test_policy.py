@@ -404,3 +404,10 @@ def test_names_a_job_excludes_are_no_capacity_for_its_floor():
     assert plan_for(nodes(busy=[0]), [job(1, n=2, excluded=("c-1", "c-2", "c-3"))]).start == []
     p = plan_for(nodes(busy=[0, 1]), [job(1, n=3, excluded=("c-2",))])
     assert started(p) == ["c-3"] and "kept in service" in p.start[0].reason
+
+
+def test_the_floor_passes_over_a_job_its_excluded_names_leave_no_room():
+    # The oldest blocked job excludes c-2 and c-3 beside busy c-0 and c-1: it can never run here, and the
+    # scheduler reserves for the next one, a 3-node job, so the floor does too (it was dropped).
+    p = plan_for(nodes(busy=[0, 1]), [job(1, n=3, excluded=("c-2", "c-3")), job(2, n=3)])
+    assert started(p) == ["c-2"] and p.start[0].reason.startswith("job 2 waits for busy nodes")

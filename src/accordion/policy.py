@@ -111,26 +111,28 @@ def _what(s: Shape) -> str:
     return f"{s.nodes} node{'s' if s.nodes > 1 else ''} of {s.cpus} CPU{'s' if s.cpus > 1 else ''}"
 
 
-def _held_for(job: Job, s: Shape, capacity: int) -> bool:
+def _held_for(job: Job, s: Shape, capacity: int, reach: set[str]) -> bool:
     """Whether nodes kept in service make the scheduler reserve some for the job while it waits: it reserves
     (`Job.reservable`), the job names no nodes (those are reserved by name, and are busy), and it needs no
-    more than the `capacity` nodes that can be in service. A job that needs more (some nodes held by an
-    administrator, or failed) can get no reservation: the scheduler reserves for the next one, and so must
-    the floor."""
-    return job.reservable and not job.required and s.nodes <= capacity
+    more than the `capacity` nodes that can be in service, less those it excludes (`--exclude`, a
+    reservation it is not in) among the names that can be (`reach`, filled only when some job excludes).
+    A job that needs more (some nodes held by an administrator, failed or excluded) can get no
+    reservation: the scheduler reserves for the next one, and so must the floor."""
+    excluded = len(reach.intersection(job.excluded)) if job.excluded else 0
+    return job.reservable and not job.required and s.nodes <= capacity - excluded
 
 
-def _first_held(jobs: Iterable[Job], spec: NodeSetSpec, capacity: int) -> Job | None:
+def _first_held(jobs: Iterable[Job], spec: NodeSetSpec, capacity: int, reach: set[str]) -> Job | None:
     """The first of `jobs` the floor is for, once nothing more fits: each cannot start now."""
     for job in jobs:
         s = shape(job, spec)
-        if s is not None and _held_for(job, s, capacity):
+        if s is not None and _held_for(job, s, capacity, reach):
             return job
     return None
 
 
 def _fit_whole(
-    spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int, capacity: int
+    spec: NodeSetSpec, waiting: list[Job], free: int, absent: Sequence[str], room: int, capacity: int, reach: set[str]
 ) -> tuple[int, list[Start], Job | None] | None:
     """`_fit` when every slot is one of `free` whole free nodes and no job names nodes: then each job takes
     whole free nodes from the front and new nodes from the front of `absent`, and counting them is enough
@@ -149,11 +151,11 @@ def _fit_whole(
         if s.cpus < spec.cpus:
             return None
         if started >= room and taken == free:
-            return taken, starts, head or _first_held(islice(waiting, i, None), spec, capacity)  # nothing more can fit: long queues stay cheap
+            return taken, starts, head or _first_held(islice(waiting, i, None), spec, capacity, reach)  # nothing more can fit: long queues stay cheap
         for _ in range(job.count):
             new = s.nodes - min(s.nodes, free - taken)
             if new > room - started:
-                if head is None and _held_for(job, s, capacity):
+                if head is None and _held_for(job, s, capacity, reach):
                     head = job
                 break  # the job's other copies have the same shape: they do not fit either
             taken += s.nodes - new
@@ -164,7 +166,7 @@ def _fit_whole(
 
 
 def _fit(
-    spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int, capacity: int
+    spec: NodeSetSpec, waiting: list[Job], nodes: Sequence[Node], fresh: list[str], room: int, capacity: int, reach: set[str]
 ) -> tuple[set[str], list[Start], Job | None]:
     """Fit waiting jobs, oldest first, onto nodes (busy ones with free CPUs, then idle, then starting) and up
     to `room` of the `fresh` names: the existing nodes some job was fitted onto, the starts, and the oldest
@@ -186,14 +188,14 @@ def _fit(
         if s is None:
             continue  # can never run here
         if room - started <= 0 and not any(slot.cpus > 0 for slot in slots):
-            return wanted, starts, head or _first_held(islice(waiting, i, None), spec, capacity)  # nothing more can fit
+            return wanted, starts, head or _first_held(islice(waiting, i, None), spec, capacity, reach)  # nothing more can fit
         for _ in range(job.count):
             left = room - started
             if (s.cpus, s.mem) not in takers:
                 takers[s.cpus, s.mem] = sum(1 for slot in slots if slot.takes(s))
             placed = _place(job, s, slots, fresh, left) if takers[s.cpus, s.mem] + left >= s.nodes else None
             if placed is None:
-                if head is None and _held_for(job, s, capacity):
+                if head is None and _held_for(job, s, capacity, reach):
                     head = job
                 break  # the job's other copies have the same shape: they do not fit either
             used, new = placed
@@ -271,27 +273,24 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     starts: list[Start] = []
     head: Job | None = None  # the oldest waiting job that cannot start now
     counted = None
+    # The names that can be in service, for the jobs that exclude some (the simulator's exclude none).
+    reach = {n.name for n in [*starting, *idle, *g.busy]} | set(g.absent) if any(j.excluded for j in waiting) else set()
     if waiting and not g.partly_free:
-        counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room, active + room)
+        counted = _fit_whole(spec, fcfs(waiting), len(idle) + len(starting), g.absent, room, active + room, reach)
     if counted is not None:
         whole, starts, head = counted
     elif waiting:
-        wanted, starts, head = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room, active + room)
+        wanted, starts, head = _fit(spec, fcfs(waiting), [*g.partly_free, *idle, *starting], list(g.absent), room, active + room, reach)
     # The nodes kept in service: min_nodes, and as many as the oldest job that cannot start now needs. The
     # scheduler reserves nodes for that job only among nodes in service (absent ones are down to it); with
     # fewer, it reserves none and lets every later job pass it, for as long as later jobs keep coming. A
     # scheduler that reserves nothing (`Job.reservable`) gets no floor: the nodes would buy that job nothing.
     floor, why = spec.min_nodes, f"min_nodes is {spec.min_nodes}"
     need = shape(head, spec) if head is not None else None
-    # Names the job excludes (`--exclude`, a reservation it is not in) are no capacity of its: with too few
-    # others it can never run here, and nodes kept for it would idle.
-    excluded = set(head.excluded) if head is not None else set()
-    if excluded:
-        excluded &= {n.name for n in [*starting, *idle, *g.busy]} | set(g.absent)
-    if head is not None and need is not None and floor < need.nodes <= active + room - len(excluded):
+    excluded: set[str] = set()  # names the job the floor is for excludes: never started for it
+    if head is not None and need is not None and floor < need.nodes:
         floor, why = need.nodes, f"job {head.id} waits for busy nodes: {need.nodes} kept in service for its reservation"
-    else:
-        excluded = set()
+        excluded = reach.intersection(head.excluded)
     missing = floor - active - sum(len(s.nodes) for s in starts)
     if missing > 0:
         taken = {n for s in starts for n in s.nodes}
