@@ -266,7 +266,10 @@ def test_the_nodes_of_an_active_reservation_are_its_jobs_only():
         "Groups=(null) Accounts=(null) Licenses=(null) State=INACTIVE BurstBuffer=(null) Watts=n/a MaxStartDelay=(null)\n"
     )
     reserved = parse_reservations(text)
-    assert reserved == {"maint": {"compute-1", "compute-2"}}
+    assert {k: (v.nodes, v.active) for k, v in reserved.items()} == {
+        "maint": ({"compute-1", "compute-2"}, True), "later": ({"compute-0"}, False),
+    }
+    del reserved["later"]  # its window is tested below, against the clock
     assert parse_reservations("No reservations in the system\n") == {}
     base = {"job_state": "PENDING", "partition": "compute", "node_count": 1, "cpus": 1, "submit_time": 1, "priority": 1,
             "state_reason": "ReqNodeNotAvail"}
@@ -275,3 +278,31 @@ def test_the_nodes_of_an_active_reservation_are_its_jobs_only():
     jobs = {j.id: j for j in parse_squeue_json(json.dumps({"jobs": records}), ["compute"], reserved, names)}
     assert jobs["3"].excluded == ("compute-1", "compute-2", "compute-3")
     assert jobs["1"].excluded == ("compute-0", "compute-3")
+
+
+def test_the_nodes_of_a_reservation_to_come_are_no_job_s_whose_time_limit_runs_into_it():
+    """A maintenance on compute-2 in 10 minutes (as 22.05 prints it, State=INACTIVE): Slurm starts no job
+    there whose time limit runs into it. Accordion started compute-2 for a 30-minute job beside busy nodes,
+    fitted it there while it idled, and started nothing else: the job waited for a busy node to free up."""
+    import json
+    from datetime import datetime, timedelta
+
+    def reservation(start, end):
+        at = [(datetime.now() + timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%S") for m in (start, end)]
+        return parse_reservations(
+            f"ReservationName=maint StartTime={at[0]} EndTime={at[1]} Duration=01:00:00 Nodes=compute-2 NodeCnt=1 "
+            "CoreCnt=1 Features=(null) PartitionName=(null) Flags=MAINT,SPEC_NODES TRES=cpu=1 Users=root Groups=(null) "
+            "Accounts=(null) Licenses=(null) State=INACTIVE BurstBuffer=(null) Watts=n/a MaxStartDelay=(null)\n"
+        )
+
+    reserved = reservation(10, 70)
+    base = {"job_state": "PENDING", "partition": "compute", "node_count": 1, "cpus": 1, "submit_time": 1, "priority": 1,
+            "state_reason": "Resources"}
+    # squeue --json's time_limit: minutes, or None with no limit (the partition's MaxTime=UNLIMITED).
+    records = [{**base, "job_id": 1, "time_limit": 30}, {**base, "job_id": 2, "time_limit": None},
+               {**base, "job_id": 3, "time_limit": 5}, {**base, "job_id": 4, "time_limit": 30, "resv_name": "maint"}]
+    names = frozenset(f"compute-{i}" for i in range(4))
+    jobs = {j.id: j.excluded for j in parse_squeue_json(json.dumps({"jobs": records}), ["compute"], reserved, names)}
+    assert jobs == {"1": ("compute-2",), "2": ("compute-2",), "3": (), "4": ("compute-0", "compute-1", "compute-3")}
+    ended = reservation(-70, -10)
+    assert [j.excluded for j in parse_squeue_json(json.dumps({"jobs": records[:1]}), ["compute"], ended, names)] == [()]

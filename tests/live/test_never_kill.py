@@ -195,6 +195,18 @@ def test_a_reservations_nodes_are_its_jobs_only(make_cluster):
     c.sh(f"scancel {outside}; scontrol delete reservation=maint")
 
 
+def test_a_reservation_to_come_keeps_off_its_nodes_the_jobs_that_would_run_into_it(make_cluster):
+    # A maintenance on n-0 in 10 minutes: Slurm starts no 30-minute job there. Accordion started n-0 for one,
+    # fitted the job onto it while it idled, and started nothing else: the job waited for the maintenance.
+    c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 2, "cpus": 1, "memory_mb": 128, "idle_timeout": 60}]})
+    c.sh("scontrol create reservation reservationname=later starttime=now+10minutes duration=60 nodes=n-0 users=root flags=maint")
+    t0 = time.time()
+    long = c.sbatch("hostname", "-t", "30", name="long")
+    assert c.wait_job(long, DONE, 30) == "COMPLETED"
+    assert c.job(long)["NodeList"] == "n-1" and requested(c, t0) == ["n-1"]
+    c.sh("scontrol delete reservation=later")
+
+
 def test_array_asks_for_all_its_nodes_at_once(make_cluster):
     c = make_cluster({"nodesets": [{"name": "compute", "name_base": "n", "max_nodes": 8, "cpus": 1, "memory_mb": 128, "idle_timeout": 2}]})
     t0 = time.time()

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -655,8 +656,8 @@ class SlurmScheduler:
 
     def observe(self) -> SchedulerView:
         # Both commands at once: each is tens of milliseconds of a job's wait for its first node.
-        # Reservations too: Slurm flags a reserved node RESERVED only once it is up, and an absent one
-        # started for a job outside the reservation would idle there, the job waiting on.
+        # Reservations too: Slurm flags a reserved node RESERVED only once it is up (and a reservation to
+        # come not at all), and an absent one started for a job outside it would idle there, the job waiting on.
         with ThreadPoolExecutor(max_workers=2) as side:
             node_lines = side.submit(self._cmd, ["scontrol", "show", "node", "-o"])
             reservations = side.submit(self._cmd, ["scontrol", "show", "reservation", "-o"])
@@ -708,27 +709,52 @@ def _wants_nodes(r: dict[str, object], reason: str, now: float) -> bool:
     return reason in RESOURCE_REASONS or reason.split(",")[0] in RESOURCE_REASONS
 
 
-def parse_reservations(text: str) -> dict[str, frozenset[str]]:
-    """The nodes of each active reservation, from `scontrol show reservation -o`."""
+@dataclass(frozen=True)
+class Reservation:
+    """A reservation's nodes and window (`start`, `end`: seconds since the epoch)."""
+
+    nodes: frozenset[str]
+    start: float
+    end: float
+    active: bool
+
+    def blocks(self, limit_min: float | None, now: float) -> bool:
+        """Whether a job outside it, of this time limit (minutes, None: unlimited), is kept off its nodes
+        if it starts now: Slurm starts none there whose time limit runs into the reservation."""
+        if self.active:
+            return True
+        return self.end > now and (limit_min is None or now + limit_min * 60 > self.start)
+
+
+def parse_reservations(text: str) -> dict[str, Reservation]:
+    """The reservations on named nodes, active or to come, from `scontrol show reservation -o`."""
     from ClusterShell.NodeSet import NodeSet as HostList
 
-    active = {}
+    found = {}
     for line in text.splitlines():
         fields = parse_scontrol_oneliner(line)
-        if fields.get("State") == "ACTIVE" and fields.get("Nodes") not in (None, "", "(null)"):
-            active[fields.get("ReservationName", "")] = frozenset(HostList(fields["Nodes"]))
-    return active
+        state = fields.get("State")
+        start, end = _parse_time(fields.get("StartTime", "")), _parse_time(fields.get("EndTime", ""))
+        if state in ("ACTIVE", "INACTIVE") and fields.get("Nodes") not in (None, "", "(null)"):
+            found[fields.get("ReservationName", "")] = Reservation(
+                frozenset(HostList(fields["Nodes"])),
+                start if start is not None else 0.0,
+                end if end is not None else float("inf"),
+                state == "ACTIVE",
+            )
+    return found
 
 
 def parse_squeue_json(
-    text: str, nodesets: list[str], reserved: dict[str, frozenset[str]] | None = None, names: frozenset[str] = frozenset()
+    text: str, nodesets: list[str], reserved: dict[str, Reservation] | None = None, names: frozenset[str] = frozenset()
 ) -> list[Job]:
     """Every job of the node sets Accordion manages, with its shape read in full (squeue --json, OpenAPI
     v0.0.38 on Slurm 22.05): node and CPU counts, memory per node or per CPU, required and excluded nodes,
     every partition it may run in, the pending tasks of an array (one record for all of them) and its
-    array throttle (`%N`), and `--exclusive`. `reserved`: the nodes of each active reservation
-    (`parse_reservations`): a job of one may use only its nodes (of `names`, the node sets' nodes), any other
-    job none of them; Slurm gives them no other, and fitted there they waited for the reservation's end."""
+    array throttle (`%N`), and `--exclusive`. `reserved` (`parse_reservations`): a job of a reservation may
+    use only its nodes (of `names`, the node sets' nodes); any other job none of an active one's, nor those
+    of one to come that its time limit would run into. Slurm gives them no other job, and one fitted
+    there waited for the reservation's end while nodes it could have had stayed absent."""
     from ClusterShell.NodeSet import NodeSet as HostList
 
     data = json.loads(text)
@@ -753,7 +779,12 @@ def parse_squeue_json(
         excluded = set(HostList(r["excluded_nodes"])) if r.get("excluded_nodes") else set()
         if reserved and not running:
             its = reserved.get(str(r.get("resv_name") or ""))
-            excluded |= set().union(*reserved.values()) if its is None else names - its
+            if its is not None:
+                excluded |= names - its.nodes
+            else:
+                limit = r.get("time_limit")  # minutes; None when unlimited
+                limit_min = float(limit) if isinstance(limit, (int, float)) else None
+                excluded |= set().union(*(v.nodes for v in reserved.values() if v.blocks(limit_min, now)))
         if not running and r.get("array_task_string"):
             count = array_tasks(str(r["array_task_string"]))
             if r.get("array_max_tasks"):
