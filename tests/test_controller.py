@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from accordion.config import ClusterConfig
-from accordion.controller import Controller
+from accordion.controller import Controller, write_pins
 from accordion.events import EventLog, read_events
 from accordion.model import Job, SchedNode, SchedState, SchedulerView
 from accordion.paths import ClusterPaths
@@ -543,6 +543,25 @@ def test_a_job_waiting_beside_an_idle_node_nudges_the_scheduler_a_few_times(tmp_
     assert sched.nudges == nudges  # nothing waits
 
 
+def test_no_nudge_lands_on_a_node_every_waiting_job_excludes(tmp_path, monkeypatch):
+    # A node reserved for later, idle: Slurm's nudge (an empty job on it) reset its idle time each round, so
+    # it stayed for as long as the queue kept changing. A node some waiting job may use is nudged as before.
+    monkeypatch.setattr("accordion.controller.NUDGE_INTERVAL", 0.0)
+    ctl, sched, prov, now, paths = make(tmp_path, monkeypatch, max_nodes=1)
+    write_pins(paths, {"c": 1})
+    step(ctl)
+    write_pins(paths, {})
+    step(ctl)
+    sched.nudged.clear()
+    sched.jobs = [Job("1", "c", 1, 1, False, 0.0, excluded=("c-0",)), Job("2", "c", 1, 1, False, 1.0, excluded=("c-0",))]
+    for _ in range(4):
+        step(ctl)
+    assert sched.nudged == []
+    sched.jobs.append(Job("3", "c", 1, 1, False, 2.0))
+    step(ctl)
+    assert sched.nudged == [["c-0"]]
+
+
 def test_a_nudge_too_soon_for_the_scheduler_is_asked_again_when_it_can_be_taken(tmp_path, monkeypatch):
     """OAR takes at most one pass per second: its nudge says how long until then, and the controller asks
     again at that time (the early call counts as one of the round's nudges: a scheduler that is always
@@ -758,6 +777,8 @@ def test_a_start_that_failed_after_its_node_came_into_service_keeps_it(tmp_path,
     step(ctl)
     assert "c-0" in prov.nodes and [c for c in sched.absent_calls if c[0] == "c-0"] == []
     assert ("failed", "c-0") not in kinds(paths)
+    # The error is still told, with the node it concerns.
+    assert any(e["kind"] == "started" and "oarnodesetting: timed out" in e.get("reason", "") for e in read_events(paths.events))
 
 
 def test_a_start_that_failed_before_its_node_came_into_service_is_taken_out(tmp_path, monkeypatch):

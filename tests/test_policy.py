@@ -411,3 +411,13 @@ def test_the_floor_passes_over_a_job_its_excluded_names_leave_no_room():
     # scheduler reserves for the next one, a 3-node job, so the floor does too (it was dropped).
     p = plan_for(nodes(busy=[0, 1]), [job(1, n=3, excluded=("c-2", "c-3")), job(2, n=3)])
     assert started(p) == ["c-2"] and p.start[0].reason.startswith("job 2 waits for busy nodes")
+
+
+def test_nodes_in_service_its_job_excludes_do_not_count_for_its_floor():
+    # A 3-node job that excludes c-2 beside busy c-0 to c-2: Slurm reserves for it only once c-3 is in
+    # service, so c-3 is started (the floor counted c-2, and started nothing). With c-2 idle past its timeout
+    # instead, c-2 goes and c-3 is started (the floor kept c-2, which the job cannot use).
+    p = plan_for(nodes(busy=[0, 1, 2]), [job(1, n=3, excluded=("c-2",))])
+    assert started(p) == ["c-3"] and "kept in service" in p.start[0].reason
+    p = plan_for(nodes(busy=[0, 1], idle=[2]), [job(1, n=3, excluded=("c-2",))], now=1000.0)
+    assert started(p) == ["c-3"] and stopped(p) == ["c-2"]

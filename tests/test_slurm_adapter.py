@@ -299,10 +299,17 @@ def test_the_nodes_of_a_reservation_to_come_are_no_job_s_whose_time_limit_runs_i
     base = {"job_state": "PENDING", "partition": "compute", "node_count": 1, "cpus": 1, "submit_time": 1, "priority": 1,
             "state_reason": "Resources"}
     # squeue --json's time_limit: minutes, or None with no limit (the partition's MaxTime=UNLIMITED).
+    # With --time-min 5 (time_minimum), Slurm may cut a 30-minute job to end before it.
     records = [{**base, "job_id": 1, "time_limit": 30}, {**base, "job_id": 2, "time_limit": None},
-               {**base, "job_id": 3, "time_limit": 5}, {**base, "job_id": 4, "time_limit": 30, "resv_name": "maint"}]
+               {**base, "job_id": 3, "time_limit": 5}, {**base, "job_id": 4, "time_limit": 30, "resv_name": "maint"},
+               {**base, "job_id": 5, "time_limit": 30, "time_minimum": 5}, {**base, "job_id": 6, "time_limit": 30, "time_minimum": 0}]
     names = frozenset(f"compute-{i}" for i in range(4))
     jobs = {j.id: j.excluded for j in parse_squeue_json(json.dumps({"jobs": records}), ["compute"], reserved, names)}
-    assert jobs == {"1": ("compute-2",), "2": ("compute-2",), "3": (), "4": ("compute-0", "compute-1", "compute-3")}
+    assert jobs == {"1": ("compute-2",), "2": ("compute-2",), "3": (), "4": ("compute-0", "compute-1", "compute-3"),
+                    "5": (), "6": ("compute-2",)}
+    # A window that cannot be read (another SLURM_TIME_FORMAT) is left out: read as blocking, it kept every
+    # job off its nodes until it was deleted.
+    unread = "ReservationName=m StartTime=12/04-09:00 EndTime=12/04-10:00 Nodes=compute-2 State=INACTIVE\n"
+    assert parse_reservations(unread) == {}
     ended = reservation(-70, -10)
     assert [j.excluded for j in parse_squeue_json(json.dumps({"jobs": records[:1]}), ["compute"], ended, names)] == [()]

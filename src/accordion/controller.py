@@ -214,7 +214,7 @@ class Controller:
                 # In service after all (it came in just as it was given up, or its start failed after putting
                 # it there): a job may run there, so it stays.
                 if failure is not None:
-                    log.warning("%s: %s, but %s has it in service: kept", name, failure, self.scheduler.name)
+                    self.events.emit("started", name, self.nodeset_of[name], f"{failure}; in service with {self.scheduler.name}: kept")
                 continue
             if failure is not None:
                 containers.pop(name, None)
@@ -392,7 +392,14 @@ class Controller:
         waiting = snap.waiting
         sets = {ns for j in waiting for ns in j.candidates}
         mine = [n for n in snap.nodes if n.nodeset in sets]
-        idle = sorted(n.name for n in mine if n.state == NodeState.IDLE and n.free_cpus > 0)
+        # Not a node every waiting job excludes (one reserved for later): none of them can start there, and
+        # Slurm's nudge would reset its idle time, keeping it for as long as the queue changes.
+        shut = set(waiting[0].excluded) if waiting else set()
+        for j in waiting[1:]:
+            if not shut:
+                break
+            shut.intersection_update(j.excluded)
+        idle = sorted(n.name for n in mine if n.state == NodeState.IDLE and n.free_cpus > 0 and n.name not in shut)
         if not idle:
             self._nudges_left = 0
             return

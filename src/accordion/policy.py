@@ -291,7 +291,9 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
     if head is not None and need is not None and floor < need.nodes:
         floor, why = need.nodes, f"job {head.id} waits for busy nodes: {need.nodes} kept in service for its reservation"
         excluded = reach.intersection(head.excluded)
-    missing = floor - active - sum(len(s.nodes) for s in starts)
+    # Nodes in service that job excludes are none of its reservation: the floor counts the others.
+    usable = active - len(excluded.difference(g.absent)) if excluded else active
+    missing = floor - usable - sum(len(s.nodes) for s in starts)
     if missing > 0:
         taken = {n for s in starts for n in s.nodes}
         more = tuple(islice((n for n in g.absent if n not in taken and n not in excluded), missing))
@@ -310,12 +312,21 @@ def decide_nodeset(spec: NodeSetSpec, snapshot: Snapshot, g: NodeSetNodes, waiti
         if expired and whole:
             wanted = {n.name for n in idle[:whole]}
         removable = [(run, [n for n in run.names if n not in wanted]) for run in expired]
-    count = sum(len(names) for _, names in removable)
-    left = count - max(0, floor - (active - count))  # the longest idle go, down to the floor
+    left = max(0, usable - floor)  # how many may go, longest idle first; those the floor's job excludes go anyway
     for run, names in removable:
-        if left > 0 and names:
-            plan.stop.append(Stop(tuple(names[:left]), name, f"idle {now - run.since:.0f} s"))
-        left -= len(names)
+        out: list[str] = []
+        if excluded:
+            for x in names:
+                if x in excluded:
+                    out.append(x)
+                elif left > 0:
+                    out.append(x)
+                    left -= 1
+        else:
+            out = names[:left]
+            left -= len(out)
+        if out:
+            plan.stop.append(Stop(tuple(out), name, f"idle {now - run.since:.0f} s"))
 
 
 def _by_nodeset(snapshot: Snapshot, specs: dict[str, NodeSetSpec]) -> dict[str, list[Job]]:

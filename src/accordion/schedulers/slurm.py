@@ -353,7 +353,8 @@ class SlurmScheduler:
         return []
 
     def _cmd(self, argv: list[str], timeout: float = 20, check: bool = True) -> str:
-        env = os.environ | self.env()
+        # Times as this module reads them (`_parse_time`), whatever SLURM_TIME_FORMAT the site sets.
+        env = os.environ | self.env() | {"SLURM_TIME_FORMAT": "standard"}
         return run(self.provider.enter() + argv, timeout=timeout, env=env, check=check).stdout
 
     # ----- lifecycle -----
@@ -735,13 +736,14 @@ def parse_reservations(text: str) -> dict[str, Reservation]:
         fields = parse_scontrol_oneliner(line)
         state = fields.get("State")
         start, end = _parse_time(fields.get("StartTime", "")), _parse_time(fields.get("EndTime", ""))
-        if state in ("ACTIVE", "INACTIVE") and fields.get("Nodes") not in (None, "", "(null)"):
-            found[fields.get("ReservationName", "")] = Reservation(
-                frozenset(HostList(fields["Nodes"])),
-                start if start is not None else 0.0,
-                end if end is not None else float("inf"),
-                state == "ACTIVE",
-            )
+        if fields.get("Nodes") in (None, "", "(null)"):
+            continue
+        if state == "ACTIVE":
+            found[fields.get("ReservationName", "")] = Reservation(frozenset(HostList(fields["Nodes"])), start or 0.0, end or float("inf"), True)
+        elif state == "INACTIVE" and start is not None and end is not None:
+            # One to come whose window cannot be read is left out: read as blocking, it would keep every
+            # job off its nodes until it is deleted.
+            found[fields.get("ReservationName", "")] = Reservation(frozenset(HostList(fields["Nodes"])), start, end, False)
     return found
 
 
@@ -782,7 +784,8 @@ def parse_squeue_json(
             if its is not None:
                 excluded |= names - its.nodes
             else:
-                limit = r.get("time_limit")  # minutes; None when unlimited
+                # Minutes; None when unlimited. With `--time-min`, Slurm may cut the job to end before it.
+                limit = r.get("time_minimum") or r.get("time_limit")
                 limit_min = float(limit) if isinstance(limit, (int, float)) else None
                 excluded |= set().union(*(v.nodes for v in reserved.values() if v.blocks(limit_min, now)))
         if not running and r.get("array_task_string"):
