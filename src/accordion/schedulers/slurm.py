@@ -734,16 +734,14 @@ def parse_reservations(text: str) -> dict[str, Reservation]:
     found = {}
     for line in text.splitlines():
         fields = parse_scontrol_oneliner(line)
-        state = fields.get("State")
+        active = fields.get("State") == "ACTIVE"
         start, end = _parse_time(fields.get("StartTime", "")), _parse_time(fields.get("EndTime", ""))
-        if fields.get("Nodes") in (None, "", "(null)"):
-            continue
-        if state == "ACTIVE":
-            found[fields.get("ReservationName", "")] = Reservation(frozenset(HostList(fields["Nodes"])), start or 0.0, end or float("inf"), True)
-        elif state == "INACTIVE" and start is not None and end is not None:
-            # One to come whose window cannot be read is left out: read as blocking, it would keep every
-            # job off its nodes until it is deleted.
-            found[fields.get("ReservationName", "")] = Reservation(frozenset(HostList(fields["Nodes"])), start, end, False)
+        # One to come whose window cannot be read is left out: read as blocking, it would keep every job off
+        # its nodes until it is deleted.
+        to_come = fields.get("State") == "INACTIVE" and start is not None and end is not None
+        if (active or to_come) and fields.get("Nodes") not in (None, "", "(null)"):
+            nodes = frozenset(HostList(fields["Nodes"]))
+            found[fields.get("ReservationName", "")] = Reservation(nodes, start or 0.0, end or float("inf"), active)
     return found
 
 
